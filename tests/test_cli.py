@@ -1,0 +1,72 @@
+"""The command line as a user meets it: exit codes, one-line errors, speed of --help."""
+
+import subprocess
+import sys
+
+import pytest
+
+from toolchain.config import Config, load_config
+
+
+def vst(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "toolchain", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(res, code=2):
+    assert res.returncode == code, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    return lines[0]
+
+
+def test_help_and_version_do_not_import_heavy_libraries():
+    code = ("import sys; from toolchain.cli import cli\n"
+            "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'auto_LiRPA') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "vst build" in res.stdout
+    res = vst("--version")
+    assert res.returncode == 0 and res.stdout.startswith("vst, version ")
+
+
+def test_init_writes_the_default(tmp_path):
+    res = vst("init", "my.toml", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert load_config(tmp_path / "my.toml") == Config()
+    again = vst("init", "my.toml", cwd=tmp_path)
+    assert "exists" in assert_one_line_error(again)
+    assert vst("init", "my.toml", "--force", cwd=tmp_path).returncode == 0
+
+
+def test_targets_lists_the_five():
+    res = vst("targets")
+    assert res.returncode == 0, res.stderr
+    for name, machine in [("cortex-m4", "mps2-an386"), ("cortex-m3", "mps2-an385"),
+                          ("cortex-m7", "mps2-an500"), ("cortex-m33", "mps2-an505"),
+                          ("host", "native")]:
+        row = next(l for l in res.stdout.splitlines() if l.split()[:1] == [name])
+        assert machine in row
+
+
+def test_datasets_lists_mnist5k():
+    res = vst("datasets")
+    assert res.returncode == 0, res.stderr
+    row = next(l for l in res.stdout.splitlines() if "mnist5k" in l)
+    assert "1x28x28" in row and "4000/1000" in row and "10" in row
+
+
+def test_usage_errors_exit_2():
+    res = vst("frobnicate")
+    assert res.returncode == 2
+    res = vst("init", "--bogus")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("stage", ["compact", "export", "bench"])
+def test_unfinished_stages_say_so(stage):
+    line = assert_one_line_error(vst(stage, "x"))
+    assert "not implemented yet" in line

@@ -1,0 +1,47 @@
+import pytest
+
+from toolchain.config import Config, config_from_dict, default_config_text, load_config
+from toolchain.errors import VstError
+
+
+def test_default_file_equals_defaults(tmp_path):
+    path = tmp_path / "vst.toml"
+    path.write_text(default_config_text())
+    assert load_config(path) == Config()
+    assert load_config(None) == Config()
+
+
+def test_partial_config_keeps_other_defaults():
+    cfg = config_from_dict({"train": {"epochs": 3, "eps": 0.2}, "sparsity": {"density": 1}})
+    assert cfg.train.epochs == 3 and cfg.train.eps == 0.2
+    assert cfg.sparsity.density == 1.0 and isinstance(cfg.sparsity.density, float)
+    assert cfg.model == Config().model
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"train": {"epoch": 3}}, r"unknown key train.epoch \(did you mean 'epochs'\?\)"),
+    ({"trian": {}}, r"unknown section \[trian\] \(did you mean 'train'\?\)"),
+    ({"train": {"epochs": "3"}}, "train.epochs must be int"),
+    ({"train": {"epochs": True}}, "train.epochs must be int"),
+    ({"train": {"epochs": 0}}, "train.epochs must be >= 1"),
+    ({"verify": {"eps": -0.1}}, "verify.eps must be >= 0"),
+    ({"train": {"eps": -1}}, "train.eps must be >= 0"),
+    ({"sparsity": {"density": 0.0}}, "sparsity.density must be > 0"),
+    ({"sparsity": {"density": 1.5}}, "sparsity.density must be <= 1"),
+    ({"sparsity": {"mode": "structred"}}, "did you mean 'structured'"),
+    ({"export": {"formats": ["onnx", "pdf"]}}, "export.formats must be one of"),
+    ({"model": {"widths": [64, "x"]}}, r"model.widths\[1\] must be int"),
+    ({"model": "cnn"}, r"\[model\] must be a table"),
+])
+def test_validation_errors(data, message):
+    with pytest.raises(VstError, match=message):
+        config_from_dict(data)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(VstError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 1")
+    with pytest.raises(VstError, match="not valid TOML"):
+        load_config(bad)

@@ -1,0 +1,153 @@
+"""The ``vst`` command line: thin click commands, one per pipeline stage.
+
+Each subcommand parses its options and calls the stage's entry function.
+Heavy libraries are imported inside the commands, so ``vst --help`` is fast.
+Errors the user caused (``VstError``) and failed gates (``GateFailed``) become
+one line on stderr with exit code 2 and 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from toolchain import __version__
+from toolchain.errors import GateFailed, VstError
+
+log = logging.getLogger("vst")
+
+
+class VstGroup(click.Group):
+    """A click group that turns vst's own exceptions into one-line exits."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (VstError, GateFailed) as exc:
+            click.echo(f"vst: error: {exc}" if isinstance(exc, VstError) else f"vst: gate failed: {exc}",
+                       err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _not_implemented(stage: str):
+    raise VstError(f"`vst {stage}` is not implemented yet")
+
+
+@click.group(cls=VstGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="vst")
+@click.option("-v", "--verbose", count=True, help="More output (repeat for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and final results.")
+@click.pass_context
+def cli(ctx, verbose: int, quiet: bool) -> None:
+    """vst: sparse, certifiably robust neural networks for microcontrollers.
+
+    \b
+    Pipeline: train (sparse + certified) -> verify -> compact -> re-verify
+              -> export (ONNX, VNN-LIB, TFLite, C) -> firmware -> QEMU bench
+    Start with `vst build --target cortex-m4` (built-in MNIST default).
+    """
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else
+                                         logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+
+
+@cli.command()
+@click.argument("path", default="vst.toml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented default config to PATH (default vst.toml)."""
+    from toolchain.atomic import write_text
+    from toolchain.config import default_config_text
+
+    if path.exists() and not force:
+        raise VstError(f"{path} exists; use --force to overwrite")
+    write_text(path, default_config_text())
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+def datasets() -> None:
+    """List the built-in data sets."""
+    from toolchain.data import list_builtin
+    from toolchain.display import table
+
+    rows = [(d["name"], "x".join(map(str, d["input_shape"])), str(d["num_classes"]),
+             f"{d['n_train']}/{d['n_test']}", _human_bytes(d["size_bytes"]), d["description"])
+            for d in list_builtin()]
+    table(("name", "input shape", "classes", "train/test", "size", "source"), rows)
+
+
+@cli.command()
+def targets() -> None:
+    """List the targets in targets/*.toml."""
+    from toolchain.display import table
+    from toolchain.targets import list_targets
+
+    rows = [(t.name, t.qemu_machine or "native", t.float_abi,
+             _human_bytes(t.flash_budget) if t.flash_budget else "-",
+             _human_bytes(t.ram_budget) if t.ram_budget else "-", t.part)
+            for t in list_targets()]
+    table(("name", "qemu machine", "float", "flash budget", "ram budget", "typical part"), rows)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="vst.toml")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
+def train(config_path, out, resume) -> None:
+    """Train a sparse, certified network (VeriSparse)."""
+    _not_implemented("train")
+
+
+@cli.command()
+@click.argument("model")
+def verify(model) -> None:
+    """Verify a model's robustness and gate on it."""
+    _not_implemented("verify")
+
+
+@cli.command()
+@click.argument("model")
+def compact(model) -> None:
+    """Physically remove pruned channels."""
+    _not_implemented("compact")
+
+
+@cli.command()
+@click.argument("model")
+def export(model) -> None:
+    """Export ONNX, VNN-LIB, TFLite and C."""
+    _not_implemented("export")
+
+
+@cli.command()
+@click.argument("build_dir")
+def bench(build_dir) -> None:
+    """Build firmware and measure it in QEMU."""
+    _not_implemented("bench")
+
+
+@cli.command()
+def build() -> None:
+    """Run the whole pipeline (train -> ... -> bench)."""
+    _not_implemented("build")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def main() -> None:
+    cli(prog_name="vst")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The ``vst.toml`` schema: typed dataclasses whose defaults are the embedded default build.
+
+``load_config(path)`` reads and validates a file; every mistake (unknown key,
+wrong type, value out of range) is one ``VstError`` line naming the key.
+``toolchain/default_config.toml`` is the commented copy that ``vst init``
+writes; a test keeps it equal to these defaults.
+
+>>> cfg = Config()
+>>> (cfg.data.dataset, cfg.model.arch, cfg.target.name)
+('mnist5k', 'cnn_small', 'cortex-m4')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from toolchain.errors import VstError
+
+DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
+
+
+def _opt(default, *, lo=None, hi=None, lo_open=False, choices=None, doc=""):
+    """A config field with its validation rule kept beside its default."""
+    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    # A built-in name (see `vst datasets`) or a path to .npz / IDX / CIFAR dir / CSV.
+    dataset: str = _opt("mnist5k")
+    # Only for user data that has no test split of its own.
+    test_fraction: float = _opt(0.2, lo=0.0, hi=1.0, lo_open=True)
+    # 0 infers the number of classes from the labels.
+    num_classes: int = _opt(0, lo=0)
+
+
+@dataclass
+class ModelConfig:
+    # mlp | cnn_4layer | cnn_small | conv1d (see toolchain/models/zoo.py).
+    arch: str = _opt("cnn_small", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d"))
+    # Conv channels per layer; empty keeps the architecture's own.
+    channels: list[int] = _opt([])
+    # Hidden fully connected widths; empty keeps the architecture's own.
+    widths: list[int] = _opt([])
+    # BatchNorm after each conv / hidden linear layer.
+    batchnorm: bool = _opt(False)
+
+
+@dataclass
+class SparsityConfig:
+    # verisparse: sparse from scratch (the method); dense and hydra: baselines.
+    method: str = _opt("verisparse", choices=("verisparse", "dense", "hydra"))
+    # structured removes whole channels (compactable); unstructured single weights.
+    mode: str = _opt("structured", choices=("structured", "unstructured"))
+    # Fraction of weights kept: 0.3 leaves a small CNN enough capacity to certify at eps 0.1.
+    density: float = _opt(0.3, lo=0.0, hi=1.0, lo_open=True)
+    # ERK gives wide layers less density than narrow ones (Evci et al. 2020).
+    distribution: str = _opt("erk", choices=("erk", "uniform"))
+    # Mask update period, in optimizer steps.
+    update_every: int = _opt(50, lo=1)
+    # Fraction of active units dropped at the first update; decays (cosine) to 0.
+    drop_fraction: float = _opt(0.3, lo=0.0, hi=1.0)
+    # rigl regrows by robust-loss gradient magnitude; random as in SET.
+    regrow: str = _opt("rigl", choices=("rigl", "random"))
+    # The mask is frozen for this last fraction of training.
+    freeze_fraction: float = _opt(0.25, lo=0.0, hi=1.0)
+
+
+@dataclass
+class TrainConfig:
+    # Enough for cnn_small on mnist5k to certify well in a few CPU minutes.
+    epochs: int = _opt(20, lo=1)
+    batch_size: int = _opt(128, lo=1)
+    # Adam at 5e-4, as in CROWN-IBP and VeriSparse.
+    lr: float = _opt(5e-4, lo=0.0, lo_open=True)
+    # Training eps; larger than the test eps makes the certificate hold with margin.
+    eps: float = _opt(0.15, lo=0.0)
+    # Natural-loss epochs before eps starts to grow.
+    warmup_epochs: int = _opt(1, lo=0)
+    # Epochs over which eps ramps (exponential, then linear) to its final value.
+    ramp_epochs: int = _opt(10, lo=0)
+    # Weight of the natural loss once the ramp ends (it starts at 1).
+    kappa: float = _opt(0.0, lo=0.0, hi=1.0)
+    # Use CROWN-IBP (beta 1 -> 0 over the ramp); false trains on IBP only.
+    crown_ibp: bool = _opt(True)
+    # Gradient-norm clipping.
+    grad_clip: float = _opt(10.0, lo=0.0, lo_open=True)
+    # Fractions of training after which the lr is multiplied by lr_decay_factor.
+    lr_decay_at: list[float] = _opt([0.75, 0.9])
+    lr_decay_factor: float = _opt(0.2, lo=0.0, hi=1.0, lo_open=True)
+    # IBP initialization (Shi et al. 2021): keeps interval widths stable at init.
+    ibp_init: bool = _opt(True)
+    # Training images held out (never trained on) for per-epoch verified accuracy.
+    val_size: int = _opt(500, lo=0)
+    seed: int = _opt(0, lo=0)
+
+
+@dataclass
+class VerifyConfig:
+    # The eps the certificate speaks about (L-inf, in input units of [0, 1]).
+    eps: float = _opt(0.1, lo=0.0)
+    # ibp | crown | alpha-crown | all (cascade, cheapest first).
+    method: str = _opt("crown", choices=("ibp", "crown", "alpha-crown", "all"))
+    # Test samples to verify; 0 means the whole test split.
+    n: int = _opt(0, lo=0)
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = _opt(["onnx", "vnnlib", "tflite", "c"],
+                              choices=("onnx", "vnnlib", "tflite", "c"))
+    # VNN-LIB properties written (first N test samples).
+    vnnlib_n: int = _opt(100, lo=0)
+
+
+@dataclass
+class TargetConfig:
+    # A file name in targets/ (see `vst targets`).
+    name: str = _opt("cortex-m4")
+    # Build and run the firmware in QEMU.
+    bench: bool = _opt(True)
+
+
+@dataclass
+class GatesConfig:
+    # Fail (exit 1) when verified accuracy falls below this.
+    min_verified: float = _opt(0.0, lo=0.0, hi=1.0)
+    # Fail when int8 top-1 agreement with float falls below this.
+    min_int8_agreement: float = _opt(0.0, lo=0.0, hi=1.0)
+    # Fail when the model does not fit the target's flash/RAM budget.
+    fit_target: bool = _opt(True)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_value(where: str, value: Any, typ: Any, meta: dict) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ in (int, float, str, bool):
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise VstError(f"config: {where} must be {typ.__name__}, got {value!r}")
+        items = [value]
+    else:  # list[int] / list[float] / list[str]
+        inner = typ.__args__[0]
+        if not isinstance(value, list):
+            raise VstError(f"config: {where} must be a list of {inner.__name__}, got {value!r}")
+        value = [_check_value(f"{where}[{i}]", v, inner, {}) for i, v in enumerate(value)]
+        items = value
+    for item in items:
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if lo is not None and (item < lo or (meta.get("lo_open") and item == lo)):
+            bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"
+            raise VstError(f"config: {where} must be {bound}, got {item!r}")
+        if hi is not None and item > hi:
+            raise VstError(f"config: {where} must be <= {hi}, got {item!r}")
+        if meta.get("choices") and item not in meta["choices"]:
+            raise VstError(f"config: {where} must be one of {', '.join(meta['choices'])}, "
+                           f"got {item!r}{_did_you_mean(str(item), meta['choices'])}")
+    return value
+
+
+def _section(name: str, cls: type, table: Any):
+    if not isinstance(table, dict):
+        raise VstError(f"config: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in table:
+        if key not in fields:
+            raise VstError(f"config: unknown key {name}.{key}{_did_you_mean(key, fields)}")
+    values = {k: _check_value(f"{name}.{k}", v, hints[k], fields[k].metadata)
+              for k, v in table.items()}
+    return cls(**values)
+
+
+def config_from_dict(data: dict) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for key in data:
+        if key not in sections:
+            raise VstError(f"config: unknown section [{key}]{_did_you_mean(key, sections)}")
+    hints = get_type_hints(Config)
+    return Config(**{k: _section(k, hints[k], v) for k, v in data.items()})
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read ``path`` (``None``: the embedded default) into a validated ``Config``."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise VstError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise VstError(f"config: {path} is not valid TOML ({exc})") from None
+    return config_from_dict(data)
+
+
+def default_config_text() -> str:
+    """The commented default ``vst.toml`` that ``vst init`` writes."""
+    return DEFAULT_CONFIG_FILE.read_text(encoding="utf-8")

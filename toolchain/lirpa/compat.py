@@ -1,0 +1,292 @@
+"""Make auto_LiRPA 0.3 work on torch 2.13 and numpy 2.
+
+auto_LiRPA 0.3 (the only release on PyPI) was written for torch < 1.13 and
+numpy 1. Importing this module changes nothing; :func:`ensure_patched` mends
+the library once, the first time bounds are needed (``toolchain.lirpa.bounds``
+calls it before it imports auto_LiRPA). Each mend is as narrow as it can be:
+
+1. ``numpy.lib.arraysetops`` is gone in numpy 2; ``operators/base.py`` does
+   ``from numpy.lib.arraysetops import isin`` (and never calls it). A stand-in
+   module holding ``numpy.isin`` is put in ``sys.modules`` for the import only.
+2. ``torch.onnx.symbolic_helper._set_opset_version`` is gone; ``parse_graph.py``
+   imports it and calls ``_set_opset_version(12)`` before running torch's ONNX
+   passes on the traced graph. A stand-in is present during the import only;
+   it sets the opset in torch's ONNX globals, and the opset in force before
+   graph parsing is put back after it, so our later ONNX exports are untouched.
+3. ``torch._C.Node`` is no longer subscriptable; ``parse_graph.parse_graph``
+   reads attributes as ``node[name]``. We add ``Node.__getitem__`` (only when it
+   is missing), dispatching on ``node.kindOf(name)`` to the typed accessor
+   (``node.i``, ``node.f``, ``node.t``, ``node.is_`` ...), which is what old
+   torch itself installed.
+4. ``nn.Module.named_parameters`` now calls ``_named_members(...,
+   remove_duplicate=...)``; ``BoundedModule._named_members`` overrides it
+   without that argument. Our version accepts it and keeps auto_LiRPA's
+   renaming of parameters to the wrapped model's names.
+
+Further mends found while testing IBP, CROWN-IBP, CROWN and alpha-CROWN on our
+layer set:
+
+5. ``BoundParams.forward`` calls ``param.requires_grad_(self.training)``. The
+   parameter is the wrapped model's own tensor, so every bound computed in
+   eval mode silently froze the user's weights (no more gradients in the next
+   training step). We return the parameter untouched.
+6. ``BoundMul._multiply_by_const`` (used by Mul and Div by a constant, i.e.
+   our ``Normalize`` layer) handles conv "patches" for a per-channel constant
+   only when the constant's first axis equals the batch size, so CROWN on
+   ``Normalize -> Conv2d`` failed for any batch but 1 (and broadcast wrongly
+   for dense patches). We multiply along the patches' input-channel axis,
+   which is exact for a constant of shape (1 or N, C, 1, 1).
+7. auto_LiRPA bounds only 2-D convolutions. :func:`conv1d_as_conv2d` builds an
+   exact 2-D twin of a Conv1d network (input ``(N, C, L)`` seen as
+   ``(N, C, 1, L)``) that shares the original modules' parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_patched = False
+
+
+def ensure_patched() -> None:
+    """Apply every mend once and import auto_LiRPA. Safe to call many times."""
+    global _patched
+    if _patched:
+        return
+    _add_node_getitem()
+    with _import_shims():
+        import auto_LiRPA  # noqa: F401  (imported here, under the shims)
+    _mend_parse_module()
+    _mend_named_members()
+    _mend_params_forward()
+    _mend_multiply_by_const()
+    _patched = True
+
+
+# --- 1 and 2: names auto_LiRPA imports at import time -------------------------
+
+@contextlib.contextmanager
+def _import_shims():
+    """Provide ``numpy.lib.arraysetops`` and ``_set_opset_version`` while
+    auto_LiRPA is imported, and remove them again afterwards (auto_LiRPA keeps
+    its own references, so nothing else needs to see them)."""
+    import numpy
+    import torch.onnx.symbolic_helper as helper
+
+    added_module = added_attr = False
+    try:
+        import numpy.lib.arraysetops  # noqa: F401  (numpy 1: nothing to do)
+    except ImportError:
+        shim = types.ModuleType("numpy.lib.arraysetops")
+        shim.isin = numpy.isin
+        sys.modules["numpy.lib.arraysetops"] = shim
+        added_module = True
+    if not hasattr(helper, "_set_opset_version"):
+        helper._set_opset_version = _set_opset_version
+        added_attr = True
+    # auto_LiRPA switches TorchScript's profiling executor off for the whole
+    # process when imported; put the process-wide setting back.
+    executor = torch._C._jit_set_profiling_executor(True)
+    torch._C._jit_set_profiling_executor(executor)
+    mode = torch._C._get_graph_executor_optimize()
+    try:
+        yield
+    finally:
+        torch._C._jit_set_profiling_executor(executor)
+        torch._C._jit_set_profiling_mode(executor)
+        torch._C._set_graph_executor_optimize(mode)
+        if added_module:
+            del sys.modules["numpy.lib.arraysetops"]
+        if added_attr:
+            del helper._set_opset_version
+
+
+def _onnx_globals():
+    try:  # torch >= 2.9
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:  # older torch
+        from torch.onnx._globals import GLOBALS
+    return GLOBALS
+
+
+def _set_opset_version(opset: int) -> None:
+    """What the removed torch helper did: choose the opset the ONNX passes use."""
+    _onnx_globals().export_onnx_opset_version = opset
+
+
+def _mend_parse_module() -> None:
+    """Put back the ONNX opset that was in force before auto_LiRPA parsed a model."""
+    from auto_LiRPA import bound_general
+
+    original = bound_general.parse_module
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def parse_module(*args, **kwargs):
+        globals_ = _onnx_globals()
+        before = globals_.export_onnx_opset_version
+        try:
+            return original(*args, **kwargs)
+        finally:
+            globals_.export_onnx_opset_version = before
+
+    parse_module._vst_mended = True
+    bound_general.parse_module = parse_module
+
+
+# --- 3: subscriptable torch._C.Node --------------------------------------------
+
+def _node_getitem(node, name: str):
+    """``node[name]``: the attribute through the accessor for its kind."""
+    kind = node.kindOf(name)  # "i", "f", "s", "t", "is", "fs", "ss", "ts", "g", ...
+    accessor = "is_" if kind == "is" else kind  # ``Node.is`` is spelled ``is_``
+    return getattr(node, accessor)(name)
+
+
+def _add_node_getitem() -> None:
+    if not hasattr(torch._C.Node, "__getitem__"):
+        torch._C.Node.__getitem__ = _node_getitem
+
+
+# --- 4: _named_members(remove_duplicate=) --------------------------------------
+
+def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+    """auto_LiRPA's override, plus torch's ``remove_duplicate`` argument."""
+    memo = set()
+    modules = (self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate)
+               if recurse else [(prefix, self)])
+    for module_prefix, module in modules:
+        for key, value in get_members_fn(module):
+            if value is None or (remove_duplicate and value in memo):
+                continue
+            if remove_duplicate:
+                memo.add(value)
+            name = module_prefix + ("." if module_prefix else "") + key
+            # auto_LiRPA's renaming: node names back to the wrapped model's names
+            yield self.node_name_map.get(name, name), value
+
+
+def _mend_named_members() -> None:
+    from auto_LiRPA import BoundDataParallel, BoundedModule
+
+    BoundedModule._named_members = _named_members
+
+    def delegate(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+        return self.module._named_members(get_members_fn, prefix, recurse, remove_duplicate)
+
+    BoundDataParallel._named_members = delegate
+
+
+# --- 5: no requires_grad_ side effect on the user's parameters ------------------
+
+def _mend_params_forward() -> None:
+    from auto_LiRPA.operators.leaf import BoundParams
+
+    def forward(self):
+        return self.param_init if self.initializing else self.param
+
+    BoundParams.forward = forward
+
+
+# --- 6: Mul / Div by a per-channel constant on conv patches --------------------
+
+def _mend_multiply_by_const() -> None:
+    from auto_LiRPA.operators.bivariate import BoundMul
+    from auto_LiRPA.patches import Patches
+
+    original = BoundMul.__dict__["_multiply_by_const"].__func__
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def multiply_by_const(x, const):
+        if (isinstance(x, Patches) and isinstance(const, torch.Tensor)
+                and const.ndim == 4 and const.shape[2:] == (1, 1)
+                and x.identity == 0 and const.size(1) == x.patches.size(-3)
+                and const.size(0) in (1, x.patches.size(1))):
+            # Patches are (spec, batch, [out_h, out_w,] in_c, kh, kw); a
+            # per-channel constant scales the in_c axis, for every kernel tap.
+            middle = (1,) * (x.patches.ndim - 5)
+            scale = const.reshape(1, const.size(0), *middle, const.size(1), 1, 1)
+            return x.create_similar(x.patches * scale)
+        return original(x, const)
+
+    multiply_by_const._vst_mended = True
+    BoundMul._multiply_by_const = staticmethod(multiply_by_const)
+
+
+# --- 7: Conv1d networks through a 2-D twin --------------------------------------
+
+class _Conv1dAs2d(nn.Module):
+    """A Conv1d applied to ``(N, C, 1, L)`` as a 1xk Conv2d, same parameters."""
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("conv1d twin: only numeric zero padding is supported")
+        self.conv = conv
+
+    def forward(self, x):
+        c = self.conv
+        return F.conv2d(x, c.weight.unsqueeze(2), c.bias, (1, c.stride[0]),
+                        (0, c.padding[0]), (1, c.dilation[0]), c.groups)
+
+
+class _BatchNormAnyRank(nn.Module):
+    """A BatchNorm1d applied to ``(N, C, 1, L)``, same parameters and statistics."""
+
+    def __init__(self, bn: nn.BatchNorm1d) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x):
+        bn = self.bn
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            bn.training or bn.running_mean is None,
+                            bn.momentum or 0.0, bn.eps)
+
+
+class _ChannelAffine2d(nn.Module):
+    """``(x - mean) / std`` with per-channel constants viewed as (1, C, 1, 1)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("mean", norm.mean.reshape(1, -1, 1, 1))
+        self.register_buffer("std", norm.std.reshape(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def needs_2d_twin(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv1d) for m in module.modules())
+
+
+def conv1d_as_conv2d(module: nn.Sequential) -> nn.Sequential:
+    """The 2-D twin of a Sequential Conv1d network, sharing its parameters.
+
+    Layers up to the first ``Flatten`` see ``(N, C, 1, L)`` and are wrapped;
+    ``Flatten`` of ``(N, C, 1, L)`` equals ``Flatten`` of ``(N, C, L)``, so the
+    layers after it are reused as they are. Feed the twin ``x.unsqueeze(2)``.
+    """
+    layers, spatial = [], True
+    for layer in module:
+        if spatial and isinstance(layer, nn.Conv1d):
+            layer = _Conv1dAs2d(layer)
+        elif spatial and isinstance(layer, nn.BatchNorm1d):
+            layer = _BatchNormAnyRank(layer)
+        elif spatial and hasattr(layer, "mean") and hasattr(layer, "std"):
+            layer = _ChannelAffine2d(layer)
+        elif isinstance(layer, nn.Flatten):
+            spatial = False
+        elif spatial and not isinstance(layer, nn.ReLU):
+            raise ValueError(f"cannot bound {type(layer).__name__} in a Conv1d network")
+        layers.append(layer)
+    twin = nn.Sequential(*layers)
+    twin.train(module.training)
+    return twin

@@ -1,0 +1,1 @@
+"""Model IR (layer list), zoo builders and the model file format."""

@@ -1,0 +1,121 @@
+"""The model file: architecture, weights, masks and training record in one file.
+
+Built on safetensors, which stores raw tensors plus a string->string header
+and never executes code on load (unlike pickle). Layout:
+
+- tensors ``"{i}.weight"`` ... : the torch ``state_dict`` of the layer list;
+- tensors ``"mask.{i}.weight"`` ... : 0/1 masks of the same shape;
+- metadata ``vst_format`` (version), ``architecture`` (layer list JSON),
+  ``record`` (training record, config, library versions: JSON).
+
+>>> m = VstModel(Network((2,), (Linear(2, 2),)), init_state(...))  # doctest: +SKIP
+>>> save_model("m.vst", m); load_model("m.vst").weights_hash() == m.weights_hash()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.atomic import atomic_path
+from toolchain.errors import VstError
+from toolchain.models.layers import Network
+
+FORMAT_VERSION = 1
+MASK_PREFIX = "mask."
+
+
+@dataclass
+class VstModel:
+    """A network plus its numbers. ``state`` and ``masks`` hold torch tensors."""
+
+    network: Network
+    state: dict
+    masks: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"VstModel({len(self.network.layers)} layers, "
+                f"{len(self.masks)} masks, hash={self.weights_hash()[:12]})")
+
+    def weights_hash(self) -> str:
+        """SHA-256 over the architecture and every tensor (name, dtype, shape, bytes)."""
+        h = hashlib.sha256(self.network.to_json().encode())
+        for name in sorted(self.state):
+            arr = np.ascontiguousarray(self.state[name].detach().cpu().numpy())
+            h.update(f"{name}|{arr.dtype}|{arr.shape}|".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+    def torch_module(self):
+        """A torch module with these weights (masks are already applied to them)."""
+        from toolchain.models.torch_build import build_torch
+        return build_torch(self.network, self.state)
+
+
+def save_model(path: str | Path, model: VstModel) -> None:
+    """Write ``model`` atomically to ``path``."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state.items()}
+    tensors.update({MASK_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.masks.items()})
+    metadata = {
+        "vst_format": str(FORMAT_VERSION),
+        "architecture": model.network.to_json(),
+        "record": json.dumps(model.record, sort_keys=True, default=str),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_model(path: str | Path) -> VstModel:
+    """Read a model file; any damage gives a one-line ``VstError``."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise VstError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VstError(f"{path}: not a readable vst model file ({first})") from None
+    if "vst_format" not in meta:
+        raise VstError(f"{path}: not a vst model file (no vst_format header)")
+    try:
+        version = int(meta["vst_format"])
+    except ValueError:
+        raise VstError(f"{path}: bad vst_format {meta['vst_format']!r}") from None
+    if version > FORMAT_VERSION:
+        raise VstError(f"{path}: model format {version} is newer than this vst "
+                       f"(reads up to {FORMAT_VERSION}); upgrade vst")
+    try:
+        network = Network.from_dict(json.loads(meta["architecture"]))
+        record = json.loads(meta.get("record", "{}"))
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise VstError(f"{path}: corrupt model header ({exc})") from None
+    masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    _check_state(path, network, state)
+    return VstModel(network, state, masks, record)
+
+
+def _check_state(path: Path, network: Network, state: dict) -> None:
+    from toolchain.models.torch_build import build_torch
+
+    expected = build_torch(network).state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise VstError(f"{path}: tensors do not match the architecture "
+                       f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, ref in expected.items():
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise VstError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, "
+                           f"architecture needs {tuple(ref.shape)}")
