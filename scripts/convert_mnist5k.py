@@ -96,6 +96,7 @@ def main(argv: list[str]) -> int:
     tr, te = stratified_split(y)
     data = npz_bytes({"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]})
     write_bytes(out, data)
+    out.chmod(0o644)  # package data: readable by all (the temp file was 0600)
     print(f"source sha256 {hashlib.sha256(src.read_bytes()).hexdigest()}  {src}")
     print(f"npz    sha256 {hashlib.sha256(data).hexdigest()}  {out} ({len(data)} bytes)")
     return 0

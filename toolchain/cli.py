@@ -98,9 +98,21 @@ def targets() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="vst.toml")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
-def train(config_path, out, resume) -> None:
-    """Train a sparse, certified network (VeriSparse)."""
-    _not_implemented("train")
+@click.pass_context
+def train(ctx, config_path, out, resume) -> None:
+    """Train a sparse, certified network (VeriSparse).
+
+    Writes OUT/model.vst, OUT/training.png and a per-epoch checkpoint.
+    """
+    from toolchain.config import load_config
+    from toolchain.train.loop import MODEL_FILE, train as run_training
+
+    cfg = load_config(config_path)
+    model = run_training(cfg, out, resume=resume, show_progress=not ctx.obj["quiet"])
+    last = model.record["epochs"][-1]
+    click.echo(f"wrote {out / MODEL_FILE}: density {model.record['density']:.3f}, "
+               f"clean {last['val_clean_acc']:.1%}, IBP-verified {last['val_ibp_verified_acc']:.1%} "
+               f"at eps={cfg.verify.eps} (validation), {model.record['train_seconds']:.0f} s")
 
 
 @cli.command()

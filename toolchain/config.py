@@ -72,6 +72,9 @@ class SparsityConfig:
     regrow: str = _opt("rigl", choices=("rigl", "random"))
     # The mask is frozen for this last fraction of training.
     freeze_fraction: float = _opt(0.25, lo=0.0, hi=1.0)
+    # HYDRA baseline only: epochs of score training, then of certified fine-tuning.
+    hydra_score_epochs: int = _opt(5, lo=1)
+    hydra_finetune_epochs: int = _opt(5, lo=1)
 
 
 @dataclass

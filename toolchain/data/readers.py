@@ -46,3 +46,9 @@ def reading(path: Path, what: str = "cannot read") -> Iterator[None]:
     except READ_ERRORS as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise VstError(f"{what} {path}: {detail}") from None
+
+
+def list_dir(path: Path) -> list[Path]:
+    """The entries of a directory, sorted; unreadable -> one VstError line."""
+    with reading(path, "cannot list"):
+        return sorted(path.iterdir())

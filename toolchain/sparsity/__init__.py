@@ -1,0 +1,1 @@
+"""Sparsity: channel groups, layer-wise budget (ERK), masks and the DST update."""

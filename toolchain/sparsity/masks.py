@@ -1,0 +1,181 @@
+"""Sparse masks: random sparse initialization, enforcement, and the DST update.
+
+``Sparsifier`` owns the masks of one network. Unstructured: one 0/1 entry per
+weight of every Conv/Linear layer. Structured: one entry per output channel of
+every Conv/Linear layer but the classifier, expanded to the channel's weight
+row, bias and BatchNorm affine parameters, so a pruned channel outputs 0.
+
+The number of kept units per layer is fixed at initialization (the budget)
+and every update drops and regrows the same number, so density never moves.
+
+>>> import torch; from toolchain.models.zoo import build_network   # doctest: +SKIP
+>>> net = build_network("mlp", (1, 4, 4), 3, widths=[8])          # doctest: +SKIP
+>>> sp = Sparsifier(net, "unstructured", 0.5, "uniform", torch.Generator())  # doctest: +SKIP
+>>> sp.density()                                                   # doctest: +SKIP
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from toolchain.models.layers import Network
+from toolchain.sparsity.budget import allocate, allocate_channels
+from toolchain.sparsity.groups import channel_groups, weighted_layers
+
+
+def _is_weight(sp, name: str) -> bool:
+    return name.endswith(".weight") and int(name.split(".")[0]) in sp.layers
+
+
+def _random_mask(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=gen)[:k]] = True
+    return mask
+
+
+class Sparsifier:
+    def __init__(self, network: Network, mode: str, density: float, distribution: str,
+                 gen: torch.Generator) -> None:
+        self.network, self.mode = network, mode
+        self.layers = weighted_layers(network)
+        shapes = [network.layers[i].weight_shape() for i in self.layers]
+        sizes = [math.prod(s) for s in shapes]
+        if mode == "structured":
+            self.groups = {g.layer: g for g in channel_groups(network)}
+            kept = allocate_channels(network, list(self.groups.values()), density)
+            self.unit_masks = {layer: _random_mask(g.channels, kept[layer], gen)
+                               for layer, g in self.groups.items()}
+        else:
+            self.groups = {}
+            sizes = [math.prod(s) for s in shapes]
+            kept = allocate(sizes, [1] * len(sizes), density, distribution, shapes)
+            self.unit_masks = {layer: _random_mask(size, k, gen)
+                               for layer, size, k in zip(self.layers, sizes, kept)}
+        self.target_density = density
+
+    # -- views ------------------------------------------------------------
+    def param_masks(self) -> dict[str, torch.Tensor]:
+        """Float 0/1 masks by parameter name, in each parameter's shape.
+
+        Structured: a weight is kept when its output channel and the channel
+        feeding its input are both alive; bias and BatchNorm follow the output.
+        """
+        if self.mode == "unstructured":
+            return {f"{layer}.weight": m.view(self.network.layers[layer].weight_shape()).float()
+                    for layer, m in self.unit_masks.items()}
+        out = {}
+        fed_by = {g.consumer: g for g in self.groups.values()}
+        for layer in self.layers:
+            shape = self.network.layers[layer].weight_shape()
+            rows = self.unit_masks.get(layer, torch.ones(shape[0], dtype=torch.bool))
+            cols = torch.ones(shape[1], dtype=torch.bool)
+            if layer in fed_by:
+                g = fed_by[layer]
+                cols = self.unit_masks[g.layer].repeat_interleave(g.per_channel)
+            w = rows.view(-1, 1) & cols.view(1, -1)
+            out[f"{layer}.weight"] = w.view(shape[:2] + (1,) * (len(shape) - 2)).expand(shape).float()
+            if layer in self.groups:
+                for name in self.groups[layer].param_names()[1:]:
+                    out[name] = rows.float()
+        return out
+
+    def kept_weights(self) -> int:
+        """Conv/Linear weights that can be nonzero under the masks."""
+        return int(sum(m.sum() for n, m in self.param_masks().items() if _is_weight(self, n)))
+
+    def total_weights(self) -> int:
+        return sum(math.prod(self.network.layers[l].weight_shape()) for l in self.layers)
+
+    def density(self) -> float:
+        """Kept Conv/Linear weights over all of them (biases and BN not counted)."""
+        return self.kept_weights() / self.total_weights()
+
+    def layer_density(self) -> dict[int, float]:
+        return {layer: float(m.float().mean()) for layer, m in self.unit_masks.items()}
+
+    def live_inputs(self) -> dict[str, float]:
+        """Per layer (by module name), the fraction of its inputs a unit really sums.
+
+        Unstructured: the layer's own density. Structured: the share of the
+        producing layer's channels that are alive.
+        """
+        if self.mode == "unstructured":
+            return {str(k): v for k, v in self.layer_density().items()}
+        return {str(g.consumer): float(self.unit_masks[layer].float().mean())
+                for layer, g in self.groups.items()}
+
+    # -- enforcement ------------------------------------------------------
+    @torch.no_grad()
+    def apply(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero masked parameters in place, and their Adam moments."""
+        params = dict(module.named_parameters())
+        for name, mask in self.param_masks().items():
+            p = params[name]
+            p.mul_(mask)
+            if optimizer is not None:
+                for value in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value.mul_(mask)
+
+    def load_param_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Restore unit masks from saved parameter masks (resume)."""
+        for layer in self.unit_masks:
+            if self.mode == "structured":      # the bias mask is the channel mask
+                self.unit_masks[layer] = masks[f"{layer}.bias"].bool().clone()
+            else:
+                self.unit_masks[layer] = masks[f"{layer}.weight"].reshape(-1).bool().clone()
+
+    # -- dynamic sparse training -----------------------------------------
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, fraction: float, regrow: str,
+               gen: torch.Generator, grow_scores=None) -> int:
+        """Drop ``fraction`` of each layer's active units and regrow as many.
+
+        Drop: smallest magnitude (L2 norm of the channel's weights when
+        structured). Regrow (``rigl``): largest ``grow_scores[layer]`` among the
+        inactive units (the robust-loss gradient magnitude, computed by the
+        caller); ``random``: uniformly. Returns the number of units moved.
+        """
+        params = dict(module.named_parameters())
+        moved = 0
+        for layer, mask in self.unit_masks.items():
+            if self.mode == "structured" and layer not in self.groups:
+                continue
+            w = params[f"{layer}.weight"]
+            magnitude = (w.reshape(w.shape[0], -1).norm(dim=1) if self.mode == "structured"
+                         else w.abs().reshape(-1))
+            active = mask.nonzero().flatten()
+            inactive = (~mask).nonzero().flatten()
+            k = min(int(fraction * len(active)), len(inactive))
+            if k == 0:
+                continue
+            drop = active[magnitude[active].argsort()[:k]]
+            if regrow == "rigl" and grow_scores is not None:
+                score = grow_scores[layer][inactive]
+                grow = inactive[score.argsort(descending=True)[:k]]
+            else:
+                grow = inactive[torch.randperm(len(inactive), generator=gen)[:k]]
+            mask[drop] = False
+            mask[grow] = True
+            self._reset_grown(params, layer, grow)
+            moved += k
+        return moved
+
+    def _reset_grown(self, params, layer: int, grow: torch.Tensor) -> None:
+        """Regrown units start so that the network's function is unchanged.
+
+        Unstructured (RigL): the new weights are 0. Structured: a channel whose
+        incoming weights were 0 would stay dead under ReLU (its gradient is 0),
+        so the caller gives it fresh incoming weights and here its *outgoing*
+        weights in the consumer layer are set to 0 instead.
+        """
+        if self.mode == "unstructured":
+            params[f"{layer}.weight"].view(-1)[grow] = 0.0
+            return
+        g = self.groups[layer]
+        consumer = params[f"{g.consumer}.weight"]
+        for c in grow.tolist():
+            consumer[:, g.columns(c)] = 0.0

@@ -1,0 +1,1 @@
+"""Training stage: VeriSparse certified sparse training and its baselines."""

@@ -1,0 +1,62 @@
+"""Regrowth scores for dynamic sparse training (RigL on the robust loss).
+
+Unstructured: the score of an inactive weight is ``|dL/dw|`` of the robust
+loss at w = 0, read from the gradient of the current batch (masked weights are
+held at 0 but still receive a dense gradient).
+
+Structured: an inactive channel with zero weights has zero gradient everywhere
+(ReLU'(0) = 0 in the bound and the forward pass), so ``dL/dw`` cannot rank
+channels. Instead each inactive channel gets fresh incoming weights and zero
+outgoing weights, which leaves the loss unchanged, and is scored by the
+gradient norm of its outgoing weights: the first-order gain of switching it on.
+The channels that win keep those fresh weights (their outgoing weights start
+at 0, so growth does not change the network's function, as in RigL).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from toolchain.train.certified import certified_loss
+
+
+def grow_scores(run, xb, yb, eps: float, gen: torch.Generator) -> dict[int, torch.Tensor]:
+    sp = run.sparsifier
+    params = dict(run.module.named_parameters())
+    if sp.mode == "unstructured":
+        return {layer: params[f"{layer}.weight"].grad.abs().reshape(-1).clone()
+                for layer in sp.unit_masks}
+    _fill_inactive(params, sp, gen)
+    run.module.zero_grad(set_to_none=True)
+    step_beta = 0.0   # IBP only: the score needs a gradient, not the tightest bound
+    kappa = 1.0 if eps <= 0 else 0.0
+    loss, _ = certified_loss(run.module, run.bounder, xb, yb, eps, step_beta, kappa, False)
+    loss.backward()
+    scores = {}
+    for layer, group in sp.groups.items():
+        grad = params[f"{group.consumer}.weight"].grad
+        per_channel = grad.reshape(grad.shape[0], group.channels, -1)
+        scores[layer] = per_channel.pow(2).sum(dim=(0, 2)).sqrt()
+    return scores
+
+
+@torch.no_grad()
+def _fill_inactive(params, sp, gen: torch.Generator) -> None:
+    """Fresh incoming weights (IBP-init scale), zero outgoing weights, neutral BN."""
+    for layer, group in sp.groups.items():
+        off = (~sp.unit_masks[layer]).nonzero().flatten()
+        if len(off) == 0:
+            continue
+        w = params[f"{layer}.weight"]
+        fan_in = w[0].numel()
+        fresh = torch.randn((len(off),) + tuple(w.shape[1:]), generator=gen)
+        w[off] = fresh * (math.sqrt(2 * math.pi) / fan_in)
+        params[f"{layer}.bias"][off] = 0.0
+        if group.batchnorm is not None:
+            params[f"{group.batchnorm}.weight"][off] = 1.0
+            params[f"{group.batchnorm}.bias"][off] = 0.0
+        consumer = params[f"{group.consumer}.weight"]
+        for c in off.tolist():
+            consumer[:, group.columns(c)] = 0.0
