@@ -21,7 +21,7 @@ def tiny_config(data_path, **sections):
     base = {
         "data": {"dataset": str(data_path)},
         "model": {"arch": "cnn_small", "channels": [4, 8], "widths": [16]},
-        "sparsity": {"update_every": 2, "density": 0.3},
+        "sparsity": {"update_every": 5, "density": 0.3},
         "train": {"epochs": 3, "batch_size": 64, "warmup_epochs": 1, "ramp_epochs": 1,
                   "val_size": 64, "eps": 0.1},
         "verify": {"eps": 0.05},

@@ -115,11 +115,72 @@ def train(ctx, config_path, out, resume) -> None:
                f"at eps={cfg.verify.eps} (validation), {model.record['train_seconds']:.0f} s")
 
 
+def _eps_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VstError(f"--eps must be numbers separated by commas, got {text!r}") from None
+    if not values or any(v < 0 or v != v for v in values):
+        raise VstError(f"--eps must be >= 0, got {text!r}")
+    return values
+
+
 @cli.command()
-@click.argument("model")
-def verify(model) -> None:
-    """Verify a model's robustness and gate on it."""
-    _not_implemented("verify")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", help="Data set (built-in name or path); default: the model's own.")
+@click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
+@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all"]),
+              default="crown", show_default=True, help="all: IBP, then CROWN, then alpha-CROWN.")
+@click.option("--n", type=int, default=0, help="First N test samples (0: all).")
+@click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the certificate (JSON) here.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JUnit XML report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write verified-vs-eps and margin plots (PNG) here.")
+@click.option("--certificate", "cert_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Check this certificate against MODEL instead of verifying anew.")
+@click.pass_context
+def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
+           plot_path, cert_path) -> None:
+    """Verify MODEL's robustness on the test split; gate CI on it.
+
+    \b
+    verified:  every margin lower bound > 0 over the eps-box (sound bound)
+    falsified: misclassified, or a PGD attack found a counterexample in the box
+    unknown:   neither
+    """
+    from toolchain.verify import default_eps, load_any_model, resolve_dataset, verify_model
+    from toolchain.verify.certificate import (build_certificate, check_certificate,
+                                              load_certificate, save_certificate)
+    from toolchain.verify.reports import plot_results, print_table, write_junit
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    eps_list = _eps_list(eps_text)
+    vst_model = load_any_model(model)
+    dataset = resolve_dataset(vst_model, data)
+    if cert_path is not None:
+        click.echo(check_certificate(load_certificate(cert_path), vst_model, dataset))
+        return
+    eps_list = eps_list or [default_eps(vst_model)]
+    results = verify_model(vst_model, dataset, eps_list, method, n,
+                           show_progress=not ctx.obj["quiet"])
+    print_table(results)
+    cert = build_certificate(vst_model, dataset, results)
+    if json_path:
+        save_certificate(json_path, cert)
+    if junit_path:
+        write_junit(junit_path, results, min_verified, eps_list[0])
+    if plot_path:
+        plot_results(plot_path, results, cert["results"][0]["clean_acc"])
+    first = results[0]
+    if min_verified is not None and first.verified_acc < min_verified:
+        raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
+                         f"at eps={first.eps:g} ({method}, n={first.n})")
 
 
 @cli.command()

@@ -16,7 +16,7 @@ calls it before it imports auto_LiRPA). Each mend is as narrow as it can be:
 3. ``torch._C.Node`` is no longer subscriptable; ``parse_graph.parse_graph``
    reads attributes as ``node[name]``. We add ``Node.__getitem__`` (only when it
    is missing), dispatching on ``node.kindOf(name)`` to the typed accessor
-   (``node.i``, ``node.f``, ``node.t``, ``node.is_`` ...), which is what old
+   (``node.i``, ``node.f``, ``node.t``, ``node.is`` ...), which is what old
    torch itself installed.
 4. ``nn.Module.named_parameters`` now calls ``_named_members(...,
    remove_duplicate=...)``; ``BoundedModule._named_members`` overrides it
@@ -39,6 +39,14 @@ layer set:
 7. auto_LiRPA bounds only 2-D convolutions. :func:`conv1d_as_conv2d` builds an
    exact 2-D twin of a Conv1d network (input ``(N, C, L)`` seen as
    ``(N, C, 1, L)``) that shares the original modules' parameters.
+8. ``BoundConv.bound_backward`` reads ``weight.lower``, which only a parameter
+   leaf has from the start; the twin's weight is ``weight.unsqueeze(2)``, an
+   op node, and CROWN never filled in its (constant) bounds. Such a Conv now
+   lists its weight in ``requires_input_bounds``, so auto_LiRPA computes them
+   (lower = upper = the weight) before the backward pass.
+
+Importing auto_LiRPA also changes process-wide state, which we put back:
+``warnings.simplefilter("once")`` and TorchScript's profiling executor/mode.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import warnings
 
 import torch
 from torch import nn
@@ -60,12 +69,20 @@ def ensure_patched() -> None:
     if _patched:
         return
     _add_node_getitem()
-    with _import_shims():
+    # Importing auto_LiRPA also calls warnings.simplefilter("once") for the
+    # whole process; catch_warnings puts the filters back. Its torch.jit.script
+    # decorators raise a deprecation warning that is noise to vst users; any
+    # other warning is passed on.
+    with _import_shims(), warnings.catch_warnings(record=True) as caught:
         import auto_LiRPA  # noqa: F401  (imported here, under the shims)
+    for w in caught:
+        if "torch.jit.script" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     _mend_parse_module()
     _mend_named_members()
     _mend_params_forward()
     _mend_multiply_by_const()
+    _mend_computed_conv_weight()
     _patched = True
 
 
@@ -92,15 +109,15 @@ def _import_shims():
         added_attr = True
     # auto_LiRPA switches TorchScript's profiling executor off for the whole
     # process when imported; put the process-wide setting back.
-    executor = torch._C._jit_set_profiling_executor(True)
+    executor = torch._C._jit_set_profiling_executor(True)  # returns the old value
     torch._C._jit_set_profiling_executor(executor)
-    mode = torch._C._get_graph_executor_optimize()
+    mode = torch._C._jit_set_profiling_mode(True)
+    torch._C._jit_set_profiling_mode(mode)
     try:
         yield
     finally:
         torch._C._jit_set_profiling_executor(executor)
-        torch._C._jit_set_profiling_mode(executor)
-        torch._C._set_graph_executor_optimize(mode)
+        torch._C._jit_set_profiling_mode(mode)
         if added_module:
             del sys.modules["numpy.lib.arraysetops"]
         if added_attr:
@@ -145,8 +162,9 @@ def _mend_parse_module() -> None:
 def _node_getitem(node, name: str):
     """``node[name]``: the attribute through the accessor for its kind."""
     kind = node.kindOf(name)  # "i", "f", "s", "t", "is", "fs", "ss", "ts", "g", ...
-    accessor = "is_" if kind == "is" else kind  # ``Node.is`` is spelled ``is_``
-    return getattr(node, accessor)(name)
+    # The getters are named after the kind; ``is`` is a keyword, hence getattr
+    # (``Node.is_``, with a trailing underscore, is the setter).
+    return getattr(node, kind)(name)
 
 
 def _add_node_getitem() -> None:
@@ -172,26 +190,30 @@ def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplica
             yield self.node_name_map.get(name, name), value
 
 
+def _parallel_named_members(self, get_members_fn, prefix="", recurse=True,
+                            remove_duplicate=True):
+    """``BoundDataParallel`` delegates to the wrapped module; pass the argument on."""
+    return self.module._named_members(get_members_fn, prefix, recurse, remove_duplicate)
+
+
 def _mend_named_members() -> None:
     from auto_LiRPA import BoundDataParallel, BoundedModule
 
     BoundedModule._named_members = _named_members
-
-    def delegate(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
-        return self.module._named_members(get_members_fn, prefix, recurse, remove_duplicate)
-
-    BoundDataParallel._named_members = delegate
+    BoundDataParallel._named_members = _parallel_named_members
 
 
 # --- 5: no requires_grad_ side effect on the user's parameters ------------------
 
+def _params_forward(self):
+    """``BoundParams.forward`` without ``requires_grad_(self.training)``."""
+    return self.param_init if self.initializing else self.param
+
+
 def _mend_params_forward() -> None:
     from auto_LiRPA.operators.leaf import BoundParams
 
-    def forward(self):
-        return self.param_init if self.initializing else self.param
-
-    BoundParams.forward = forward
+    BoundParams.forward = _params_forward
 
 
 # --- 6: Mul / Div by a per-channel constant on conv patches --------------------
@@ -207,7 +229,7 @@ def _mend_multiply_by_const() -> None:
     def multiply_by_const(x, const):
         if (isinstance(x, Patches) and isinstance(const, torch.Tensor)
                 and const.ndim == 4 and const.shape[2:] == (1, 1)
-                and x.identity == 0 and const.size(1) == x.patches.size(-3)
+                and x.identity == 0 and const.size(1) in (1, x.patches.size(-3))
                 and const.size(0) in (1, x.patches.size(1))):
             # Patches are (spec, batch, [out_h, out_w,] in_c, kh, kw); a
             # per-channel constant scales the in_c axis, for every kernel tap.
@@ -232,9 +254,13 @@ class _Conv1dAs2d(nn.Module):
         self.conv = conv
 
     def forward(self, x):
+        # With height 1, kernel height 1 and no vertical padding, the vertical
+        # stride and dilation do not matter; we make them equal to the
+        # horizontal ones because auto_LiRPA's conv patches mishandle
+        # non-square strides (compute_patches_stride_padding returns a 4-tuple).
         c = self.conv
-        return F.conv2d(x, c.weight.unsqueeze(2), c.bias, (1, c.stride[0]),
-                        (0, c.padding[0]), (1, c.dilation[0]), c.groups)
+        return F.conv2d(x, c.weight.unsqueeze(2), c.bias, c.stride[0],
+                        (0, c.padding[0]), c.dilation[0], c.groups)
 
 
 class _BatchNormAnyRank(nn.Module):
@@ -245,6 +271,8 @@ class _BatchNormAnyRank(nn.Module):
         self.bn = bn
 
     def forward(self, x):
+        # Running statistics updated here are auto_LiRPA's copies, which
+        # Bounder.sync overwrites from the module before every bound.
         bn = self.bn
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                             bn.training or bn.running_mean is None,
@@ -261,6 +289,12 @@ class _ChannelAffine2d(nn.Module):
 
     def forward(self, x):
         return (x - self.mean) / self.std
+
+
+def _is_normalize(layer: nn.Module) -> bool:
+    """vst's ``Normalize`` (models/torch_build.py): buffers ``mean`` and ``std``."""
+    buffers = dict(layer.named_buffers(recurse=False))
+    return "mean" in buffers and "std" in buffers
 
 
 def needs_2d_twin(module: nn.Module) -> bool:
@@ -280,7 +314,7 @@ def conv1d_as_conv2d(module: nn.Sequential) -> nn.Sequential:
             layer = _Conv1dAs2d(layer)
         elif spatial and isinstance(layer, nn.BatchNorm1d):
             layer = _BatchNormAnyRank(layer)
-        elif spatial and hasattr(layer, "mean") and hasattr(layer, "std"):
+        elif spatial and _is_normalize(layer):
             layer = _ChannelAffine2d(layer)
         elif isinstance(layer, nn.Flatten):
             spatial = False
@@ -290,3 +324,23 @@ def conv1d_as_conv2d(module: nn.Sequential) -> nn.Sequential:
     twin = nn.Sequential(*layers)
     twin.train(module.training)
     return twin
+
+
+# --- 8: Conv2d whose weight is computed (the Conv1d twin) ------------------------
+
+def _mend_computed_conv_weight() -> None:
+    from auto_LiRPA.operators.convolution import BoundConv
+    from auto_LiRPA.operators.leaf import BoundParams
+
+    original = BoundConv.__init__
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def __init__(self, attr, inputs, output_index, options):
+        original(self, attr, inputs, output_index, options)
+        if not isinstance(inputs[1], BoundParams):
+            needed = set(getattr(self, "requires_input_bounds", [])) | {1}
+            self.requires_input_bounds = sorted(needed)
+
+    __init__._vst_mended = True
+    BoundConv.__init__ = __init__

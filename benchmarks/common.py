@@ -1,0 +1,61 @@
+"""Shared helpers for benchmarks: machine description, evaluation, JSON/Markdown output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def evaluate(model, dataset, eps: float, methods=("ibp", "crown")) -> dict:
+    """Clean and verified accuracy on the whole test split, with seconds per method."""
+    import torch
+
+    from toolchain.lirpa.bounds import Bounder
+
+    module = model.torch_module().eval()
+    x, y = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
+    with torch.no_grad():
+        out = {"clean_acc": float((module(x).argmax(1) == y).float().mean())}
+    bounder = Bounder(module, dataset.input_shape)
+    for method in methods:
+        t0, verified = time.perf_counter(), 0
+        for i in range(0, len(x), 250):
+            lb = bounder.margin_lower(x[i:i + 250], y[i:i + 250], eps, method).detach()
+            verified += int(bounder.verified(lb).sum())
+        out[f"{method}_verified_acc"] = verified / len(x)
+        out[f"{method}_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def write(name: str, payload: dict, table: str) -> None:
+    from toolchain.atomic import write_text
+
+    RESULTS.mkdir(exist_ok=True)
+    write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=1) + "\n")
+    write_text(RESULTS / f"{name}.md", table + "\n")
+    print(table)
+
+
+def markdown(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

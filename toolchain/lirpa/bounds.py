@@ -1,0 +1,237 @@
+"""Certified bounds on a network's logits and margins: vst's one bounds API.
+
+Training, verification and compaction ask for bounds here and nowhere else;
+auto_LiRPA is an implementation detail behind :class:`Bounder`.
+
+The input set is the L-inf box around ``x`` cut to the data range,
+``[max(x - eps, x_min), min(x + eps, x_max)]``. A margin is
+``logit[y] - logit[j]`` for every class ``j != y``; a sample is verified when
+every margin's lower bound is > 0.
+
+>>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+>>> bounder = Bounder(net, (4,))
+>>> x, y = torch.rand(5, 4), torch.zeros(5, dtype=torch.long)
+>>> bounder.margin_lower(x, y, eps=0.01, method="crown").shape
+torch.Size([5, 2])
+
+Parameter sharing. The bounded model holds the wrapped module's own
+``nn.Parameter`` objects, so in-place changes (optimizer steps, masks applied
+with ``weight.mul_(mask)``) are seen by the next bound, and gradients of a
+bound reach ``Bounder.module.parameters()``, the parameters to optimize.
+auto_LiRPA copies *buffers* (BatchNorm running statistics, Normalize
+constants) when it wraps the module; :meth:`Bounder.sync` copies them back in,
+re-links a parameter that was replaced by a new object, and sets train/eval
+mode from the module. Every bound method calls it first, so callers never need
+to. In train mode BatchNorm normalizes with the statistics of the clean
+batch ``x``: the bound holds for the network with those statistics fixed, and
+gradients also flow through them (as in auto_LiRPA's CROWN-IBP training).
+Verify in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from toolchain.errors import VstError
+from toolchain.lirpa import compat
+
+METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
+_LIRPA_METHOD = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN",
+                 "alpha-crown": "alpha-CROWN"}
+
+
+def margin_matrix(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The (N, K-1, K) matrix C with ``(C @ logits)[n, i] = logit[y] - logit[j_i]``.
+
+    Row ``i`` compares the true class with the ``i``-th other class, in
+    increasing class order.
+
+    >>> margin_matrix(torch.tensor([1]), 3)      # rows: logit1 - logit0, logit1 - logit2
+    tensor([[[-1.,  1.,  0.],
+             [ 0.,  1., -1.]]])
+    """
+    y = torch.as_tensor(y, dtype=torch.long).reshape(-1)
+    if num_classes < 2:
+        raise VstError(f"margins need at least 2 classes, got {num_classes}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise VstError(f"labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
+    eye = torch.eye(num_classes, device=y.device)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)               # (N, K, K): row j = e_y - e_j
+    others = ~eye.bool()[y]                                  # (N, K): j != y
+    return c[others].view(len(y), num_classes - 1, num_classes)
+
+
+class Bounder:
+    """A torch module wrapped once for bound propagation.
+
+    ``input_shape`` is one sample's shape, e.g. ``(1, 28, 28)`` or ``(3, 128)``.
+    ``alpha_iterations`` and ``alpha_lr`` set alpha-CROWN's optimization.
+    """
+
+    def __init__(self, module: nn.Module, input_shape, *, alpha_iterations: int = 20,
+                 alpha_lr: float = 0.5) -> None:
+        compat.ensure_patched()
+        self.module = module
+        self.input_shape = tuple(int(s) for s in input_shape)
+        # Conv1d networks are bounded through their 2-D twin on (N, C, 1, L).
+        self._as_2d = compat.needs_2d_twin(module)
+        self._traced = compat.conv1d_as_conv2d(module) if self._as_2d else module
+        first = next(module.parameters())
+        device = first.device
+        example = self._lift(torch.zeros((1,) + self.input_shape, device=device,
+                                         dtype=first.dtype))
+        opts = {
+            # alpha-CROWN on masked (sparse) nets fails with sparse alpha.
+            "sparse_features_alpha": False,
+            # Sparse-spec alphas are created for the unstable neurons of the first
+            # call's batch; a later call where the spec is dense then trips
+            # auto_LiRPA's assertion (alpha_lookup_idx must be None). Dense alphas.
+            "sparse_spec_alpha": False,
+            "optimize_bound_args": {"iteration": int(alpha_iterations),
+                                    "lr_alpha": float(alpha_lr)},
+        }
+        self._example, self._opts, self._device = example, opts, device
+        self._bounded = self._build()
+        self.num_classes = int(self._bounded.final_shape[-1])
+
+    def _build(self):
+        """Trace the module into a BoundedModule.
+
+        Trace in eval mode (a train-mode BatchNorm1d cannot run the batch of
+        one example); sync() sets the mode of every bound call.
+        """
+        from auto_LiRPA import BoundedModule
+
+        training = self.module.training
+        try:
+            self.module.eval()
+            self._traced.eval()
+            with torch.no_grad():
+                return BoundedModule(self._traced, self._example, bound_opts=self._opts,
+                                     device=self._device)
+        finally:
+            self.module.train(training)
+            self._traced.train(training)
+
+    def __repr__(self) -> str:
+        return (f"Bounder({type(self.module).__name__}, input={self.input_shape}, "
+                f"classes={self.num_classes})")
+
+    # -- public API ------------------------------------------------------------
+
+    def logit_bounds(self, x, eps: float, method: str = "ibp", x_min: float = 0.0,
+                     x_max: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower and upper bounds, each (N, K), on the logits over the input box."""
+        method = _check_method(method)
+        with self._frozen_if(method == "alpha-crown"):
+            lb, ub = self._bounded.compute_bounds(
+                x=(self._box(x, eps, x_min, x_max),), method=_LIRPA_METHOD[method])
+        return (lb.detach(), ub.detach()) if method == "alpha-crown" else (lb, ub)
+
+    def margin_lower(self, x, y, eps: float, method: str = "ibp", x_min: float = 0.0,
+                     x_max: float = 1.0) -> torch.Tensor:
+        """Lower bounds (N, K-1) on ``logit[y] - logit[j]``, j != y, over the box."""
+        method = _check_method(method)
+        c = margin_matrix(y, self.num_classes).to(device=x.device, dtype=x.dtype)
+        box = self._box(x, eps, x_min, x_max)
+        if method == "ibp":
+            # IBP computes both sides anyway; with C the last layer is merged
+            # into C before the interval step ("elision"), which is tighter.
+            lb, _ = self._bounded.compute_bounds(x=(box,), C=c, method="IBP")
+            return lb
+        with self._frozen_if(method == "alpha-crown"):
+            lb, _ = self._bounded.compute_bounds(x=(box,), C=c, method=_LIRPA_METHOD[method],
+                                                 bound_upper=False)
+        return lb.detach() if method == "alpha-crown" else lb
+
+    def mixed_margin_lower(self, x, y, eps: float, beta: float, x_min: float = 0.0,
+                           x_max: float = 1.0) -> torch.Tensor:
+        """``beta * CROWN-IBP + (1 - beta) * IBP`` margin lower bounds (N, K-1).
+
+        The IBP pass is shared; the CROWN backward pass runs only when beta > 0.
+        """
+        if not 0.0 <= beta <= 1.0:
+            raise VstError(f"beta must lie in [0, 1], got {beta}")
+        ibp = self.margin_lower(x, y, eps, "ibp", x_min, x_max)
+        if beta == 0.0:
+            return ibp
+        c = margin_matrix(y, self.num_classes).to(device=x.device, dtype=x.dtype)
+        # No new input: the intermediate IBP bounds of the pass above are reused.
+        crown, _ = self._bounded.compute_bounds(C=c, method="backward", IBP=False,
+                                                bound_upper=False)
+        return beta * crown + (1.0 - beta) * ibp
+
+    @staticmethod
+    def verified(margin_lower: torch.Tensor) -> torch.Tensor:
+        """Per-sample verdict (N,) bool: every margin lower bound is > 0."""
+        return (margin_lower > 0).all(dim=1)
+
+    def sync(self) -> None:
+        """Make the bounded model see the module as it is now (see module doc)."""
+        from auto_LiRPA.operators.leaf import BoundBuffers, BoundParams
+
+        self._bounded.train(self.module.training)
+        params = dict(self._traced.named_parameters())
+        buffers = dict(self._traced.named_buffers())
+        for node in self._bounded._modules.values():
+            if isinstance(node, BoundParams) and node.ori_name in params:
+                if node.param is not params[node.ori_name]:
+                    node.param = params[node.ori_name]
+            elif isinstance(node, BoundBuffers) and node.ori_name in buffers:
+                with torch.no_grad():
+                    node.buffer.copy_(buffers[node.ori_name])
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _lift(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(2) if self._as_2d else x
+
+    def _box(self, x, eps, x_min, x_max):
+        from auto_LiRPA import BoundedTensor, PerturbationLpNorm
+
+        if not torch.is_tensor(eps) and eps < 0:
+            raise VstError(f"eps must be >= 0, got {eps}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise VstError(f"inputs of shape {tuple(x.shape[1:])}, model expects "
+                           f"{self.input_shape}")
+        lower = torch.clamp(x - eps, min=x_min)
+        upper = torch.clamp(x + eps, max=x_max)
+        if bool((lower > upper).any()):
+            raise VstError(f"inputs lie outside the data range [{x_min}, {x_max}]")
+        self.sync()
+        if self.module.training:
+            # Train-mode BatchNorm takes its statistics from the last forward
+            # pass, which IBP never runs: run it on the clean batch first.
+            self._bounded(self._lift(x))
+        ptb = PerturbationLpNorm(norm=float("inf"), eps=eps,
+                                 x_L=self._lift(lower), x_U=self._lift(upper))
+        return BoundedTensor(self._lift(x), ptb)
+
+    @contextlib.contextmanager
+    def _frozen_if(self, freeze: bool):
+        """alpha-CROWN back-propagates its own loss over alpha: it needs autograd
+        on (even inside the caller's ``torch.no_grad()``), and the weights must
+        not require grad, so that nothing is written to their ``.grad``."""
+        if not freeze:
+            yield
+            return
+        params = list(self.module.parameters())
+        flags = [p.requires_grad for p in params]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                yield
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+
+def _check_method(method: str) -> str:
+    key = method.lower()
+    if key not in METHODS:
+        raise VstError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+    return key

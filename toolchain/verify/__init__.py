@@ -1,0 +1,74 @@
+"""Verification stage: bounds, attacks, verdicts, certificates and the CI gate.
+
+``verify_model(model, dataset, eps_list, method)`` runs the cascade of
+``engine`` on the test split for each eps and returns one ``EpsResult`` each;
+``certificate`` turns them into the JSON that names the exact weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolchain.errors import VstError
+
+
+def load_any_model(path: str | Path):
+    """A vst model file, or a sequential ONNX graph imported into the layer list."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from toolchain.models.onnx_import import import_onnx
+        return import_onnx(path)
+    from toolchain.models.modelfile import load_model
+    return load_model(path)
+
+
+def resolve_dataset(model, spec: str | None):
+    """``spec`` or the data set the model was trained on; checked against the model."""
+    from toolchain.data import load_dataset
+
+    cfg = model.record.get("config", {}).get("data", {})
+    spec = spec or cfg.get("dataset")
+    if not spec:
+        raise VstError("this model does not say which data it was trained on; pass --data")
+    data = load_dataset(spec, test_fraction=cfg.get("test_fraction", 0.2),
+                        seed=model.record.get("seed", 0),
+                        num_classes=model.network.num_classes)
+    if data.input_shape != model.network.input_shape:
+        raise VstError(f"data {spec} has inputs {data.input_shape}, the model expects "
+                       f"{model.network.input_shape}")
+    return data
+
+
+def default_eps(model) -> float:
+    eps = model.record.get("config", {}).get("verify", {}).get("eps")
+    if eps is None:
+        raise VstError("this model carries no test eps; pass --eps")
+    return float(eps)
+
+
+def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
+                 show_progress: bool = True, attack=None):
+    """Cascade verdicts for the first ``n`` test samples (0: all) at each eps."""
+    import torch
+
+    from toolchain.display import progress
+    from toolchain.lirpa.bounds import Bounder
+    from toolchain.verify.attack import AttackConfig
+    from toolchain.verify.engine import verify_samples
+
+    if n < 0:
+        raise VstError(f"--n must be >= 0, got {n}")
+    module = model.torch_module().eval()
+    bounder = Bounder(module, dataset.input_shape)
+    x = torch.from_numpy(dataset.x_test[: n or None])
+    y = torch.from_numpy(dataset.y_test[: n or None])
+    results = []
+    with progress() as bar:
+        for eps in eps_list:
+            task = bar.add_task(f"verify eps={eps:g}", total=None, info=method,
+                                visible=show_progress)
+            results.append(verify_samples(
+                module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
+                on_batch=lambda m, k: bar.update(task, advance=k, info=m)))
+            bar.update(task, total=len(x), completed=len(x))
+    return results
