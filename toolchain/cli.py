@@ -32,10 +32,6 @@ class VstGroup(click.Group):
             ctx.exit(exc.exit_code)
 
 
-def _not_implemented(stage: str):
-    raise VstError(f"`vst {stage}` is not implemented yet")
-
-
 @click.group(cls=VstGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="vst")
 @click.option("-v", "--verbose", count=True, help="More output (repeat for debug).")
@@ -228,23 +224,105 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 
 
 @cli.command()
-@click.argument("model")
-def export(model) -> None:
-    """Export ONNX, VNN-LIB, TFLite and C."""
-    _not_implemented("export")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "formats", default="onnx,vnnlib,tflite,c", show_default=True,
+              help="Comma-separated: onnx, vnnlib, tflite, c.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--data", help="Data for calibration and parity checks (default: the model's own).")
+@click.option("--eps", type=float, help="eps for VNN-LIB properties (default: the model's).")
+@click.option("--name", default="model", show_default=True, help="C identifier of the model.")
+@click.option("--vnnlib-n", type=int, default=100, show_default=True)
+def export(model, formats, out, data, eps, name, vnnlib_n) -> None:
+    """Export MODEL to ONNX, VNN-LIB, TFLite (float, int8) and C, each checked against it."""
+    import json
+
+    from toolchain.atomic import write_text
+    from toolchain.export.run import run_exports
+    from toolchain.verify import default_eps, load_any_model, resolve_dataset
+
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    if eps is not None and eps < 0:
+        raise VstError(f"--eps must be >= 0, got {eps}")
+    vst_model = load_any_model(model)
+    dataset = resolve_dataset(vst_model, data)
+    eps = eps if eps is not None else (default_eps(vst_model) if "vnnlib" in fmts else 0.0)
+    res = run_exports(vst_model, dataset, out, formats=fmts, name=name, eps=eps,
+                      vnnlib_n=vnnlib_n)
+    write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
+    rows = [(k, f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in res.items()
+            if isinstance(v, (int, float, str)) and k != "formats"]
+    from toolchain.display import table
+    table(("check / artifact", "value"), rows)
 
 
 @cli.command()
-@click.argument("build_dir")
-def bench(build_dir) -> None:
-    """Build firmware and measure it in QEMU."""
-    _not_implemented("bench")
+@click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target", "target_name", default="cortex-m4", show_default=True)
+@click.option("--name", default="model", show_default=True, help="C identifier of the model.")
+def bench(build_dir, target_name, name) -> None:
+    """Build firmware from BUILD_DIR/export/c and measure it in QEMU.
+
+    Reports flash, RAM, instructions per inference (QEMU -icount: instructions,
+    not cycles) and parity with the host on the golden vectors. Exit 1 when
+    the model does not fit the target's flash/RAM budget.
+    """
+    from toolchain.bench import bench_model
+    from toolchain.display import table
+    from toolchain.targets import load_target
+
+    target = load_target(target_name)
+    c_dir = build_dir / "export" / "c"
+    if not (c_dir / f"{name}.h").is_file():
+        raise VstError(f"no generated C in {c_dir} (run `vst build` or `vst export` first)")
+    res = bench_model(c_dir, name, target, build_dir / "bench" / target.name)
+    variants = [v for v in ("float", "int8") if v in res]
+    rows = [(v, _fmt(res[v].get("flash_bytes")), _fmt(res[v].get("ram_bytes")),
+             _fmt(res[v].get("instructions_per_inference")),
+             f"{res[v]['parity_max_abs_diff']:.2e}", f"{res[v]['top1_agreement']:.0%}",
+             str(res[v].get("fits"))) for v in variants]
+    table(("variant", "flash B", "RAM B", "instructions/inference", "parity |diff|",
+           "top-1 agree", "fits"), rows, title=f"{target.name} ({target.qemu_machine or 'host'})")
+    unfit = [v for v in variants if res[v].get("fits") is False]
+    if unfit:
+        v = res[unfit[0]]
+        raise GateFailed(f"{unfit[0]} model needs flash {v['flash_bytes']} B / RAM "
+                         f"{v['ram_bytes']} B; {target.name} has {target.flash_budget} B / "
+                         f"{target.ram_budget} B")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:,}"
 
 
 @cli.command()
-def build() -> None:
-    """Run the whole pipeline (train -> ... -> bench)."""
-    _not_implemented("build")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="vst.toml (default: the embedded default build on mnist5k).")
+@click.option("--target", "target_name", help="Target name or TOML file (default: config's).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
+              show_default=True)
+@click.option("--no-bench", is_flag=True, help="Skip the firmware build and QEMU run.")
+@click.pass_context
+def build(ctx, config_path, target_name, out, no_bench) -> None:
+    """Run the whole pipeline: train -> verify -> compact -> re-verify -> export -> bench.
+
+    Writes OUT/summary.json, OUT/report.md and OUT/report.html; stages whose
+    inputs did not change are skipped on the next run. Exit 1 when a gate of
+    the config fails (after writing everything).
+    """
+    from toolchain.build import build as run_build, check_out_dir
+    from toolchain.config import load_config
+
+    cfg = load_config(config_path)
+    check_out_dir(out)
+    summary = run_build(cfg, out, target_name=target_name, bench=False if no_bench else None,
+                        show_progress=not ctx.obj["quiet"])
+    t = summary["target"]
+    click.echo(f"wrote {out}/summary.json and {out}/report.html: verified "
+               f"{summary['compact']['verified_acc']:.1%} at eps={summary['eps']:g} "
+               f"({summary['verify']['method']}), params {summary['compact']['params_after']:,}, "
+               + (f"{t['instructions_per_inference']:,} instructions/inference on {t['name']}, "
+                  if t.get("instructions_per_inference") else "")
+               + f"{summary['seconds']:.0f} s")
 
 
 def _human_bytes(n: int) -> str:

@@ -1,0 +1,278 @@
+"""``vst build``: every stage chained, with a skip for stages whose inputs did not change.
+
+    train -> verify -> compact -> re-verify -> export -> bench -> report
+
+Each stage has a key (a hash of what it reads: config section, input model
+hash, target). ``BUILD_DIR/.vst-stages.json`` remembers each stage's key and
+result; a stage whose key and outputs are unchanged is not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from toolchain import __version__
+from toolchain.atomic import write_text
+from toolchain.config import Config
+from toolchain.errors import GateFailed, VstError
+
+log = logging.getLogger("vst.build")
+NAME = "model"          # C identifier of the generated model: vst_model_infer()
+GOLDEN = 8              # golden vectors for the on-target self-test
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Stages:
+    """The stage memo in ``BUILD_DIR/.vst-stages.json``."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".vst-stages.json"
+        try:
+            self.memo = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            self.memo = {}
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def run(self, stage: str, key: str, outputs: list[Path], fn):
+        entry = self.memo.get(stage)
+        if entry and entry["key"] == key and all(p.exists() for p in outputs):
+            self.skipped.append(stage)
+            log.info("%s: inputs unchanged, skipped", stage)
+            return entry["result"]
+        result = fn()
+        self.memo[stage] = {"key": key, "result": result}
+        write_text(self.path, json.dumps(self.memo, indent=1, default=str))
+        self.ran.append(stage)
+        return result
+
+
+def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool | None = None,
+          show_progress: bool = True) -> dict:
+    """Run the pipeline into ``out``; return the summary (also ``out/summary.json``).
+
+    Raises ``GateFailed`` after writing everything when a gate of ``cfg.gates``
+    fails (exit 1).
+    """
+    from toolchain.data import load_dataset
+    from toolchain.models.modelfile import load_model
+    from toolchain.targets import load_target
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target = load_target(target_name or cfg.target.name)
+    bench = cfg.target.bench if bench is None else bench
+    stages = Stages(out)
+    data = load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
+                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
+    progress = _Progress(show_progress)
+
+    model_path = out / "train" / "model.vst"
+    train_res = stages.run("train", _key(__version__, data.sha256(), cfg.data, cfg.model,
+                                         cfg.sparsity, cfg.train, cfg.verify.eps),
+                           [model_path], lambda: _train(cfg, out / "train", show_progress))
+    model = load_model(model_path)
+    progress.say(f"trained: density {train_res['density']:.3f}, {train_res['seconds']:.0f} s")
+
+    verify_res = stages.run("verify", _key(model.weights_hash(), cfg.verify, data.sha256()),
+                            [out / "certificate_sparse.json"],
+                            lambda: _verify(model, data, cfg, out / "certificate_sparse.json",
+                                            show_progress))
+    progress.say(f"verified (sparse): {verify_res['verified_acc']:.1%} at eps={cfg.verify.eps}")
+
+    compact_path = out / "compact.vst"
+    compact_res = stages.run("compact", _key(__version__, model.weights_hash(), data.sha256()),
+                             [compact_path], lambda: _compact(model, data, compact_path))
+    small = load_model(compact_path)
+    reverify_res = stages.run("reverify", _key(small.weights_hash(), cfg.verify, data.sha256()),
+                              [out / "certificate.json"],
+                              lambda: _reverify(small, data, cfg, out, show_progress))
+    progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
+                 f"params, verified {reverify_res['verified_acc']:.1%}")
+
+    export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
+                                           cfg.verify.eps, data.sha256()),
+                            [out / "export" / f"{NAME}.onnx"],
+                            lambda: _export(small, data, cfg, out / "export", reverify_res))
+    progress.say(f"exported: ONNX diff {export_res['onnx_max_abs_diff']:.1e}, int8 agreement "
+                 f"{export_res['tflite_int8_agreement']:.1%}")
+
+    bench_res = None
+    if bench:
+        bench_res = stages.run("bench", _key(__version__, small.weights_hash(), asdict(target)),
+                               [out / "bench" / "bench.json"],
+                               lambda: _bench(out, target))
+    summary = _summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
+                       export_res, bench_res, time.perf_counter() - t0, stages)
+    summary["ibp_sweep"] = _ibp_sweep(small, data, cfg.verify.eps)
+    failed = _gates(cfg, summary)
+    summary["gates"] = {"passed": not failed, "failed": failed,
+                        "text": "; ".join(failed) if failed else "all passed"}
+    from toolchain.report import write_reports
+    write_reports(out, summary)
+    summary["seconds"] = time.perf_counter() - t0
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    if failed:
+        raise GateFailed("; ".join(failed))
+    return summary
+
+
+class _Progress:
+    def __init__(self, show: bool) -> None:
+        self.show = show
+
+    def say(self, text: str) -> None:
+        if self.show:
+            from toolchain.display import console
+            console(stderr=True).print(f"[bold]vst build[/bold] {text}")
+
+
+def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
+    from toolchain.train.loop import train
+
+    model = train(cfg, out_dir, show_progress=show_progress)
+    last = model.record["epochs"][-1]
+    return {"seconds": model.record["train_seconds"], "epochs": len(model.record["epochs"]),
+            "clean_acc": last["val_clean_acc"], "density": model.record["density"],
+            "mode": model.record["mode"]}
+
+
+def _verify_to(model, data, cfg, path: Path, show_progress: bool):
+    from toolchain.verify import verify_model
+    from toolchain.verify.certificate import build_certificate, save_certificate
+
+    result = verify_model(model, data, [cfg.verify.eps], cfg.verify.method, cfg.verify.n,
+                          show_progress=show_progress)[0]
+    cert = build_certificate(model, data, [result])
+    save_certificate(path, cert)
+    return result, cert["results"][0]
+
+
+def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
+    _, res = _verify_to(model, data, cfg, path, show_progress)
+    return {k: res[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
+                                "robust_acc_upper", "samples_per_second")} | {
+        "verdicts": [s["verdict"] for s in res["samples"]]}
+
+
+def _compact(model, data, path: Path) -> dict:
+    import torch
+
+    from toolchain.compact import compact, max_abs_diff
+    from toolchain.models.modelfile import save_model
+
+    small, report = compact(model)
+    diff = max_abs_diff(model, small, torch.from_numpy(data.x_test))
+    small.record["compaction"]["max_abs_diff"] = diff
+    save_model(path, small)
+    b, a = report["before"], report["after"]
+    return {"params_before": b["params"], "params_after": a["params"], "macs_before": b["macs"],
+            "macs_after": a["macs"], "nonzero_after": a["nonzero"], "max_abs_diff": diff,
+            "bytes_before": b["bytes_float32"], "bytes_after": a["bytes_float32"],
+            "layers_before": report["layers_before"], "layers_after": report["layers_after"],
+            "note": report["note"]}
+
+
+def _reverify(small, data, cfg, out: Path, show_progress: bool) -> dict:
+    res = _verify(small, data, cfg, out / "certificate.json", show_progress)
+    return res
+
+
+def _export(small, data, cfg, out: Path, reverify: dict) -> dict:
+    from toolchain.export.run import run_exports
+
+    return run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
+                       eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
+                       verified_acc=reverify["verified_acc"])
+
+
+def _bench(out: Path, target) -> dict:
+    from toolchain.bench import bench_model
+
+    return bench_model(out / "export" / "c", NAME, target, out / "bench")
+
+
+def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict:
+    from toolchain.versions import versions
+
+    variant = (be or {}).get("int8") or (be or {}).get("float") or {}
+    same = ve["verdicts"] == rv["verdicts"]
+    return {
+        "dataset": data.name, "model": cfg.model.arch, "eps": cfg.verify.eps,
+        "sparsity": {"method": cfg.sparsity.method, "mode": tr["mode"], "density": tr["density"],
+                     "params_total": co["params_before"], "params_nonzero": co["nonzero_after"]},
+        "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"]},
+        "verify": {k: ve[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
+                                      "robust_acc_upper")},
+        "compact": {"params_before": co["params_before"], "params_after": co["params_after"],
+                    "macs_before": co["macs_before"], "macs_after": co["macs_after"],
+                    "max_abs_diff": co["max_abs_diff"], "verified_acc": rv["verified_acc"],
+                    "verdicts_identical": same},
+        "export": {k: ex.get(k) for k in ("onnx", "tflite_float", "tflite_int8", "c_dir",
+                                          "vnnlib_dir", "onnx_max_abs_diff",
+                                          "tflite_float_max_abs_diff", "tflite_int8_agreement",
+                                          "int8_acc", "float_acc", "sizes")},
+        "target": {"name": target.name, "variant": variant.get("variant"),
+                   "flash_bytes": variant.get("flash_bytes"), "ram_bytes": variant.get("ram_bytes"),
+                   "instructions_per_inference": variant.get("instructions_per_inference"),
+                   "parity_max_abs_diff": variant.get("parity_max_abs_diff"),
+                   "top1_agreement": variant.get("top1_agreement"), "fits": variant.get("fits"),
+                   "flash_budget": target.flash_budget, "ram_budget": target.ram_budget,
+                   "benched": be is not None, "variants": be},
+        "artifacts": {"model": "train/model.vst", "compact_model": "compact.vst",
+                      "certificate": "certificate.json", "report": "report.html",
+                      "summary_md": "report.md", "export": "export"},
+        "stages": {"ran": stages.ran, "skipped": stages.skipped},
+        "compact_layers": {"before": co["layers_before"], "after": co["layers_after"]},
+        "seconds": seconds, "config": cfg.to_dict(), "versions": versions(),
+    }
+
+
+def _ibp_sweep(model, data, eps: float) -> list[dict]:
+    """IBP-verified accuracy at a few eps around the test eps (cheap: one pass each)."""
+    import torch
+
+    from toolchain.lirpa.bounds import Bounder
+
+    module = model.torch_module().eval()
+    bounder = Bounder(module, data.input_shape)
+    x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    points = []
+    for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
+        with torch.no_grad():
+            ok = sum(int(bounder.verified(bounder.margin_lower(x[i:i + 500], y[i:i + 500],
+                                                              f * eps, "ibp")).sum())
+                     for i in range(0, len(x), 500))
+        points.append({"eps": f * eps, "verified_acc": ok / len(x)})
+    return points
+
+
+def _gates(cfg, summary: dict) -> list[str]:
+    g, failed = cfg.gates, []
+    if not summary["compact"]["verdicts_identical"]:
+        failed.append("compaction changed a verification verdict")
+    v = summary["compact"]["verified_acc"]
+    if v < g.min_verified:
+        failed.append(f"verified {v:.1%} < required {g.min_verified:.1%} at eps={summary['eps']:g}")
+    agree = summary["export"].get("tflite_int8_agreement")
+    if agree is not None and agree < g.min_int8_agreement:
+        failed.append(f"int8 agreement {agree:.1%} < required {g.min_int8_agreement:.1%}")
+    t = summary["target"]
+    if g.fit_target and t["benched"] and t["fits"] is False:
+        failed.append(f"model needs flash {t['flash_bytes']} B / RAM {t['ram_bytes']} B, "
+                      f"{t['name']} has {t['flash_budget']} B / {t['ram_budget']} B")
+    return failed
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise VstError(f"--out {out} exists and is not a directory")

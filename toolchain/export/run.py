@@ -1,0 +1,78 @@
+"""The export stage's entry: every requested format, each checked against the model.
+
+``run_exports(model, data, out_dir, formats=...)`` writes ONNX (+ parity vs
+PyTorch), VNN-LIB properties, TFLite float and int8 (+ parity, int8 agreement,
+LiteRT vs TFLM), and C (TFLM array, standalone float/int8 inference, golden
+vectors). Returns the numbers and the paths relative to ``out_dir.parent``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolchain.errors import VstError
+
+FORMATS = ("onnx", "vnnlib", "tflite", "c")
+PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist5k test split)
+
+
+def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
+                eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
+                verified_acc: float | None = None) -> dict:
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rel = lambda p: str(Path(p).relative_to(out_dir.parent))  # noqa: E731
+    x, y = data.x_test[:PARITY_SAMPLES], data.y_test[:PARITY_SAMPLES]
+    res: dict = {"formats": list(formats)}
+    files: dict[str, Path] = {}
+    if "onnx" in formats or "vnnlib" in formats:
+        from toolchain.export.onnx import export_onnx, onnx_parity
+
+        meta = {"eps": f"{eps:g}", "certificate_weights_sha256": model.weights_hash()}
+        if verified_acc is not None:
+            meta["verified_acc"] = f"{verified_acc:.6f}"
+        files["onnx"] = export_onnx(model, out_dir / f"{name}.onnx", metadata=meta)
+        res["onnx"], res["onnx_max_abs_diff"] = rel(files["onnx"]), onnx_parity(model, files["onnx"], x)
+    if "vnnlib" in formats:
+        from toolchain.export.vnnlib import write_vnnlib
+
+        n = min(vnnlib_n, len(data.x_test))
+        write_vnnlib(out_dir, f"{name}.onnx", data.x_test[:n], data.y_test[:n], eps)
+        files["vnnlib"] = out_dir / "vnnlib"
+        res["vnnlib_dir"], res["vnnlib_count"] = rel(files["vnnlib"]), n
+    tfl = None
+    if "tflite" in formats or "c" in formats:
+        tfl = _tflite(model, data, out_dir, name, x, y, res, rel)
+        files.update(tflite_float=tfl["float"], tflite_int8=tfl["int8"])
+    if "c" in formats:
+        from toolchain.export.c import generate_c
+
+        c = generate_c(model.network, model.state, out_dir / "c", name=name,
+                       tflite_int8=tfl["int8"], golden_x=data.x_test[:golden])
+        files["c"] = out_dir / "c"
+        res["c_dir"] = rel(files["c"])
+        res["c"] = {"float": c["float"], "int8": c["int8"], "golden_count": c["golden_count"]}
+    from toolchain.export import artifact_sizes
+    res["sizes"] = artifact_sizes(files)
+    return res
+
+
+def _tflite(model, data, out_dir: Path, name: str, x: np.ndarray, y: np.ndarray, res: dict, rel):
+    from toolchain.export.tflite import compare_runtimes, export_tflite, tflite_report
+
+    tfl = export_tflite(model, out_dir, data.x_train, name=name)
+    report = tflite_report(model, tfl, x, y)
+    runtimes = compare_runtimes(tfl["int8"], x[:200])
+    res.update({"tflite_float": rel(tfl["float"]), "tflite_int8": rel(tfl["int8"]),
+                "tflite_seconds": tfl["seconds"],
+                "tflite_float_max_abs_diff": report["float_max_abs_diff"],
+                "tflite_int8_agreement": report["int8_agreement"],
+                "tflite_int8_max_abs_diff": report["int8_max_abs_diff"],
+                "torch_acc": report.get("torch_acc"), "float_acc": report.get("float_acc"),
+                "int8_acc": report.get("int8_acc"), "litert_vs_tflm_int8": runtimes})
+    return tfl

@@ -1,0 +1,141 @@
+"""The build report: ``report.md`` and ``report.html`` (template in
+``toolchain/templates/report.html``) with plots in ``BUILD_DIR/plots``.
+
+Every number comes from the build's ``summary`` and certificate; the plots are
+verified accuracy vs eps (an IBP sweep plus the certificate's own point), the
+histogram of margin lower bounds, parameters per layer before and after
+compaction, and instructions per inference on the target.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import string
+import time
+from pathlib import Path
+
+from toolchain import __version__
+from toolchain.atomic import atomic_path, write_text
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _num(v, fmt="{:,}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
+    """The report's tables as (label, value) rows, shared by Markdown and HTML."""
+    s, v, c, e, t = (summary[k] for k in ("sparsity", "verify", "compact", "export", "target"))
+    return {
+        "certificate": [
+            ("eps (L-inf)", f"{summary['eps']:g}"), ("method", v["method"]),
+            ("test samples", str(v["n"])), ("clean accuracy", _pct(v["clean_acc"])),
+            ("verified (sparse model)", _pct(v["verified_acc"])),
+            ("verified (compacted model, shipped)", _pct(c["verified_acc"])),
+            ("accuracy under PGD attack", _pct(v["robust_acc_upper"])),
+            ("compaction changed a verdict", "no" if c["verdicts_identical"] else "YES")],
+        "train": [
+            ("method / mode", f"{s['method']} / {s['mode']}"), ("density", f"{s['density']:.3f}"),
+            ("epochs", str(summary["train"]["epochs"])),
+            ("seconds", f"{summary['train']['seconds']:.0f}"),
+            ("validation clean accuracy", _pct(summary["train"]["clean_acc"]))],
+        "compact": [
+            ("parameters", f"{c['params_before']:,} -> {c['params_after']:,}"),
+            ("MACs per inference", f"{c['macs_before']:,} -> {c['macs_after']:,}"),
+            ("max |output difference| (test split)", f"{c['max_abs_diff']:.2e}")],
+        "export": [
+            ("ONNX max |diff| vs PyTorch", _num(e.get("onnx_max_abs_diff"), "{:.2e}")),
+            ("TFLite float max |diff| vs PyTorch", _num(e.get("tflite_float_max_abs_diff"), "{:.2e}")),
+            ("TFLite int8 top-1 agreement with float", _pct(e.get("tflite_int8_agreement"))),
+            ("accuracy float / int8", f"{_pct(e.get('float_acc'))} / {_pct(e.get('int8_acc'))}"),
+            *[(f"size of {k}", f"{b:,} B") for k, b in (e.get("sizes") or {}).items()]],
+        "target": [
+            ("benchmarked", "yes" if t["benched"] else "no (--no-bench)"),
+            ("variant measured", str(t.get("variant"))),
+            ("flash (text+rodata+data)", f"{_num(t['flash_bytes'])} B of {t['flash_budget']:,}"),
+            ("RAM (data+bss+stack)", f"{_num(t['ram_bytes'])} B of {t['ram_budget']:,}"),
+            ("instructions per inference (QEMU icount, not cycles)",
+             _num(t["instructions_per_inference"])),
+            ("parity max |diff| vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
+            ("top-1 agreement on golden vectors", _pct(t["top1_agreement"]))],
+    }
+
+
+def _md_table(rows) -> str:
+    return "\n".join(["| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def _html_table(rows) -> str:
+    body = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>" for a, b in rows)
+    return f"<table>{body}</table>"
+
+
+def write_reports(out: Path, summary: dict, gate_text: str = "see summary.json") -> None:
+    out = Path(out)
+    _plots(out, summary)
+    tabs = sections(summary)
+    title = f"{summary['model']} on {summary['dataset']}, {summary['target']['name']}"
+    md = [f"# vst build: {title}", "", f"vst {__version__}, {summary['seconds']:.0f} s wall.", ""]
+    for name, rows in tabs.items():
+        md += [f"## {name.capitalize()}", "", _md_table(rows), ""]
+    write_text(out / "report.md", "\n".join(md))
+    gates = summary.get("gates", {})
+    page = string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
+        version=__version__, title=html.escape(title), date=time.strftime("%Y-%m-%d %H:%M"),
+        seconds=f"{summary['seconds']:.0f}",
+        gate_class="ok" if gates.get("passed", True) else "fail",
+        gate_text=html.escape(gates.get("text", gate_text)),
+        target_name=html.escape(summary["target"]["name"]),
+        target_plot=('<img src="plots/instructions.png" alt="instructions per inference">'
+                     if summary["target"]["benched"] else ""),
+        **{f"{k}_table": _html_table(v) for k, v in tabs.items()})
+    write_text(out / "report.html", page)
+
+
+def _plots(out: Path, summary: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "plots").mkdir(exist_ok=True)
+    cert = json.loads((out / "certificate.json").read_text())
+    res = cert["results"][0]
+    sweep = summary.get("ibp_sweep", [])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if sweep:
+        a.plot([p["eps"] for p in sweep], [p["verified_acc"] for p in sweep], "o-", label="IBP")
+    a.plot([res["eps"]], [res["verified_acc"]], "r*", ms=12, label=f"{res['method']} (certificate)")
+    a.set_xlabel("eps"), a.set_ylabel("verified accuracy"), a.set_ylim(0, 1.02), a.legend()
+    a.set_title("verified accuracy vs eps")
+    worst = [min(s["margin_lower"]) for s in res["samples"] if s["margin_lower"]]
+    b.hist(worst, bins=40), b.axvline(0, color="k", lw=0.8)
+    b.set_title("worst margin lower bound per sample"), b.set_xlabel("> 0: verified")
+    _save(fig, out / "plots" / "verify.png", plt)
+    layers_b = summary.get("compact_layers", {}).get("before", [])
+    layers_a = summary.get("compact_layers", {}).get("after", [])
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.bar([f"L{r['layer']}" for r in layers_b], [r["params"] for r in layers_b], label="before")
+    ax.bar([f"L{r['layer']}'" for r in layers_a], [r["params"] for r in layers_a], label="after")
+    ax.set_yscale("log"), ax.set_title("parameters per layer"), ax.legend()
+    _save(fig, out / "plots" / "sizes.png", plt)
+    variants = summary["target"].get("variants") or {}
+    counts = {k: v["instructions_per_inference"] for k, v in variants.items()
+              if isinstance(v, dict) and v.get("instructions_per_inference")}
+    if counts:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        ax.bar(list(counts), list(counts.values()))
+        ax.set_title(f"instructions per inference on {summary['target']['name']} (QEMU)")
+        _save(fig, out / "plots" / "instructions.png", plt)
+
+
+def _save(fig, path: Path, plt) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
