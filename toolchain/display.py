@@ -25,8 +25,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | No
 def progress(transient: bool = False):
     """A rich progress bar for long work, drawn on stderr."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+                               TimeElapsedColumn)
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
                     console=console(stderr=True), transient=transient)

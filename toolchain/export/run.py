@@ -8,6 +8,7 @@ vectors). Returns the numbers and the paths relative to ``out_dir.parent``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist
 def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
                 eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
                 verified_acc: float | None = None) -> dict:
+    # TensorFlow's C++ logging (oneDNN notices, absl) is noise for a vst user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")

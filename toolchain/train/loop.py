@@ -223,6 +223,6 @@ def _loop(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
                 run.sparsifier.param_masks() if run.sparsifier else {},
                 run.optimizer.state_dict(), run.record, run.cfg.to_dict()))
             bar.update(task, advance=1, info=(
-                f"eps {row['eps']:.3f}  loss {row['loss']:.3f}  clean {row['val_clean_acc']:.1%}"
-                f"  IBP-verified {row['val_ibp_verified_acc']:.1%}  density {row['density']:.3f}"))
+                f"eps {row['eps']:.3f} loss {row['loss']:.2f} clean {row['val_clean_acc']:.0%} "
+                f"IBP-ver {row['val_ibp_verified_acc']:.0%} d {row['density']:.2f}"))
             log.info("epoch %d: %s", epoch + 1, row)

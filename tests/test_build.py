@@ -1,0 +1,117 @@
+"""End to end: `vst build` on a tiny config, with the firmware run in QEMU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require_tools
+from helpers import tiny_mnist
+
+SUMMARY_KEYS = {
+    "dataset": None, "model": None, "eps": None,
+    "sparsity": {"mode", "density", "params_total", "params_nonzero"},
+    "train": {"seconds", "epochs", "clean_acc"},
+    "verify": {"method", "eps", "n", "clean_acc", "verified_acc"},
+    "compact": {"params_before", "params_after", "macs_before", "macs_after", "max_abs_diff",
+                "verified_acc"},
+    "export": {"onnx", "tflite_float", "tflite_int8", "c_dir", "onnx_max_abs_diff",
+               "tflite_int8_agreement"},
+    "target": {"name", "flash_bytes", "ram_bytes", "instructions_per_inference",
+               "parity_max_abs_diff", "top1_agreement"},
+    "artifacts": {"model", "compact_model", "certificate", "report"},
+    "seconds": None,
+}
+
+
+def config(tmp_path, min_verified=0.0):
+    data = tiny_mnist(tmp_path / "tiny.npz")
+    text = f"""
+[data]
+dataset = "{data}"
+[model]
+arch = "cnn_small"
+channels = [4, 8]
+widths = [16]
+[sparsity]
+update_every = 5
+[train]
+epochs = 6
+warmup_epochs = 3
+ramp_epochs = 2
+batch_size = 32
+lr = 0.002
+val_size = 64
+eps = 0.06
+[verify]
+eps = 0.02
+[export]
+vnnlib_n = 5
+[gates]
+min_verified = {min_verified}
+"""
+    path = tmp_path / f"vst_{min_verified}.toml"
+    path.write_text(text)
+    return path
+
+
+def vst(*args):
+    return subprocess.run([sys.executable, "-m", "toolchain", "-q", *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    root = tmp_path_factory.mktemp("build")
+    res = vst("build", "--config", config(root), "--target", "cortex-m4", "--out", root / "out")
+    return root, res
+
+
+def test_build_writes_everything(built):
+    root, res = built
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = root / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    for key, sub in SUMMARY_KEYS.items():
+        assert key in summary, key
+        if sub:
+            assert sub <= set(summary[key]), (key, sub - set(summary[key]))
+    for rel in summary["artifacts"].values():
+        assert (out / rel).exists(), rel
+    for rel in (summary["export"][k] for k in ("onnx", "tflite_float", "tflite_int8", "c_dir")):
+        assert (out / rel).exists(), rel
+    assert summary["compact"]["params_after"] < summary["compact"]["params_before"]
+    assert summary["compact"]["max_abs_diff"] <= 1e-5
+    assert summary["export"]["onnx_max_abs_diff"] <= 1e-5
+    # the firmware really ran in QEMU and agreed with the host
+    t = summary["target"]
+    assert t["name"] == "cortex-m4" and t["instructions_per_inference"] > 1000
+    assert t["top1_agreement"] == 1.0 and 0 < t["flash_bytes"] < t["flash_budget"]
+    for frac in ("verified_acc", "clean_acc"):
+        assert 0.0 <= summary["verify"][frac] <= 1.0
+    assert "vst build" in (out / "report.html").read_text()
+    assert (out / "plots" / "verify.png").stat().st_size > 5000
+
+
+def test_unchanged_inputs_are_skipped_and_gate_fails(built):
+    root, _ = built
+    res = vst("build", "--config", config(root, min_verified=0.999), "--target", "cortex-m4",
+              "--out", root / "out")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "gate failed: verified" in res.stderr.strip().splitlines()[-1]
+    summary = json.loads((root / "out" / "summary.json").read_text())
+    assert summary["stages"]["ran"] == []          # only the gate changed
+    assert set(summary["stages"]["skipped"]) >= {"train", "verify", "compact", "export", "bench"}
+    assert summary["gates"]["passed"] is False
+
+
+def test_bad_target_and_config_exit_2(tmp_path):
+    res = vst("build", "--target", "cortex-m5", "--out", tmp_path / "o")
+    assert res.returncode == 2 and "did you mean 'cortex-m" in res.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochs = -1\n")
+    res = vst("build", "--config", bad, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "train.epochs must be >= 1" in res.stderr
+    assert not (tmp_path / "o" / "summary.json").exists()
