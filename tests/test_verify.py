@@ -131,3 +131,22 @@ def test_bad_input_is_one_line_exit_2(trained, args, needle):
 def test_missing_model_exit_2(tmp_path):
     res = vst("verify", tmp_path / "nope.vst")
     assert res.returncode == 2 and "not found" in res.stderr
+
+
+def test_onnx_reimport_verifies_the_same(trained, tmp_path):
+    """A network exported to ONNX and gated from there gets the same verdicts."""
+    root, data_path, model = trained
+    from toolchain.export.onnx import export_onnx
+    export_onnx(model, tmp_path / "m.onnx")
+    for path, out in ((root / "run" / "model.vst", "a.json"), (tmp_path / "m.onnx", "b.json")):
+        res = vst("verify", path, "--data", data_path, "--eps", EPS, "--n", 40,
+                  "--method", "ibp", "--json", tmp_path / out)
+        assert res.returncode == 0, res.stderr
+    a, b = (json.loads((tmp_path / f).read_text())["results"][0] for f in ("a.json", "b.json"))
+    assert [s["verdict"] for s in a["samples"]] == [s["verdict"] for s in b["samples"]]
+    assert a["verified_acc"] == b["verified_acc"] > 0
+    for sa, sb in zip(a["samples"], b["samples"]):
+        if sa["margin_lower"]:
+            assert max(abs(p - q) for p, q in zip(sa["margin_lower"], sb["margin_lower"])) < 1e-4
+    bad = vst("verify", tmp_path / "m.onnx", "--eps", EPS)
+    assert bad.returncode == 2 and "--data" in bad.stderr
