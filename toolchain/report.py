@@ -48,10 +48,10 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
         "compact": [
             ("parameters", f"{c['params_before']:,} -> {c['params_after']:,}"),
             ("MACs per inference", f"{c['macs_before']:,} -> {c['macs_after']:,}"),
-            ("max |output difference| (test split)", f"{c['max_abs_diff']:.2e}")],
+            ("max abs output difference (test split)", f"{c['max_abs_diff']:.2e}")],
         "export": [
-            ("ONNX max |diff| vs PyTorch", _num(e.get("onnx_max_abs_diff"), "{:.2e}")),
-            ("TFLite float max |diff| vs PyTorch", _num(e.get("tflite_float_max_abs_diff"), "{:.2e}")),
+            ("ONNX max abs diff vs PyTorch", _num(e.get("onnx_max_abs_diff"), "{:.2e}")),
+            ("TFLite float max abs diff vs PyTorch", _num(e.get("tflite_float_max_abs_diff"), "{:.2e}")),
             ("TFLite int8 top-1 agreement with float", _pct(e.get("tflite_int8_agreement"))),
             ("accuracy float / int8", f"{_pct(e.get('float_acc'))} / {_pct(e.get('int8_acc'))}"),
             *[(f"size of {k}", f"{b:,} B") for k, b in (e.get("sizes") or {}).items()]],
@@ -62,7 +62,7 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("RAM (data+bss+stack)", f"{_num(t['ram_bytes'])} B of {t['ram_budget']:,}"),
             ("instructions per inference (QEMU icount, not cycles)",
              _num(t["instructions_per_inference"])),
-            ("parity max |diff| vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
+            ("parity max abs diff vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
             ("top-1 agreement on golden vectors", _pct(t["top1_agreement"]))],
     }
 
@@ -81,11 +81,12 @@ def write_reports(out: Path, summary: dict, gate_text: str = "see summary.json")
     _plots(out, summary)
     tabs = sections(summary)
     title = f"{summary['model']} on {summary['dataset']}, {summary['target']['name']}"
-    md = [f"# vst build: {title}", "", f"vst {__version__}, {summary['seconds']:.0f} s wall.", ""]
+    gates = summary.get("gates", {})
+    md = [f"# vst build: {title}", "", f"vst {__version__}, {summary['seconds']:.0f} s wall. "
+          f"Gates: {gates.get('text', gate_text)}.", ""]
     for name, rows in tabs.items():
         md += [f"## {name.capitalize()}", "", _md_table(rows), ""]
     write_text(out / "report.md", "\n".join(md))
-    gates = summary.get("gates", {})
     page = string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         version=__version__, title=html.escape(title), date=time.strftime("%Y-%m-%d %H:%M"),
         seconds=f"{summary['seconds']:.0f}",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.errors import VstError
-from toolchain.export.c.plan import ConvGeom
+from toolchain.export.c.plan import ConvGeom, ping_pong
 from toolchain.export.c.tflite_graph import (ALIAS_OPS, FLOAT32, INT8, Graph, Op, Tensor,
                                              activation_names, padding_names)
 
@@ -248,16 +248,4 @@ def int8_plan(graph: Graph) -> tuple[list[QOp], dict[str, int], Tensor, Tensor]:
     n_in = graph.tensor(io_in).size
     if not ops:
         ops.append(QOp("copy", -1, "COPY", io_in, io_out, n_in))
-    return ops, _assign_buffers(ops), graph.tensor(io_in), graph.tensor(io_out)
-
-
-def _assign_buffers(ops: list[QOp]) -> dict[str, int]:
-    sizes = {"buf_a": 0, "buf_b": 0}
-    src = "input"
-    for k, op in enumerate(ops):
-        op.src = src
-        op.dst = "output" if k == len(ops) - 1 else ("buf_b" if src == "buf_a" else "buf_a")
-        if op.dst in sizes:
-            sizes[op.dst] = max(sizes[op.dst], op.n_out)
-        src = op.dst
-    return sizes
+    return ops, ping_pong(ops), graph.tensor(io_in), graph.tensor(io_out)

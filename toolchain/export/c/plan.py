@@ -146,9 +146,15 @@ def _ops(network: L.Network, p: dict) -> list[FloatOp]:
 
 
 def _assign_buffers(ops: list[FloatOp], n_input: int) -> dict[str, int]:
-    """Ping-pong: each op writes the buffer its source is not; returns buffer sizes."""
     if not ops:
         ops.append(FloatOp("copy", 0, n_input, n_input))
+    return ping_pong(ops)
+
+
+def ping_pong(ops) -> dict[str, int]:
+    """Each op reads ``src`` and writes the buffer its source is not (the last op
+    writes ``output``); sets ``op.src``/``op.dst`` and returns the size of each
+    buffer in elements. Shared by the float and int8 plans."""
     sizes = {"buf_a": 0, "buf_b": 0}
     src = "input"
     for k, op in enumerate(ops):
