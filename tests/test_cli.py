@@ -66,7 +66,15 @@ def test_usage_errors_exit_2():
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("stage", ["compact", "export", "bench"])
-def test_unfinished_stages_say_so(stage):
-    line = assert_one_line_error(vst(stage, "x"))
-    assert "not implemented yet" in line
+@pytest.mark.parametrize("args,needle", [
+    (["compact", "missing.vst", "--out", "x.vst"], "model file not found"),
+    (["export", "missing.vst", "--out", "x"], "model file not found"),
+    (["verify", "missing.vst"], "model file not found"),
+    (["bench", "nobuild"], "no generated C"),
+    (["train", "--config", "missing.toml", "--out", "x"], "config file not found"),
+    (["build", "--config", "missing.toml"], "config file not found"),
+])
+def test_missing_inputs_are_one_line_errors(tmp_path, args, needle):
+    line = assert_one_line_error(vst(*args, cwd=tmp_path))
+    assert needle in line
+    assert not (tmp_path / "x.vst").exists() and not (tmp_path / "x").exists()

@@ -61,7 +61,7 @@ def test_resume_refuses_other_config(data_path, tmp_path):
     from toolchain.errors import VstError
     train(tiny_config(data_path, train={"epochs": 2}), tmp_path, show_progress=False, stop_after=1)
     with pytest.raises(VstError, match="different config"):
-        train(tiny_config(data_path, train={"epochs": 2, "lr": 1e-3}), tmp_path,
+        train(tiny_config(data_path, train={"epochs": 2, "lr": 3e-3}), tmp_path,
               resume=True, show_progress=False)
     with pytest.raises(VstError, match="nothing to resume"):
         train(tiny_config(data_path), tmp_path / "empty", resume=True, show_progress=False)
