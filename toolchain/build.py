@@ -221,11 +221,16 @@ def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict
                                           "vnnlib_dir", "onnx_max_abs_diff",
                                           "tflite_float_max_abs_diff", "tflite_int8_agreement",
                                           "int8_acc", "float_acc", "sizes")},
+        # Sizes and counts of the deployable variant (int8 when built); parity of
+        # each variant against the host running the same arithmetic.
         "target": {"name": target.name, "variant": variant.get("variant"),
                    "flash_bytes": variant.get("flash_bytes"), "ram_bytes": variant.get("ram_bytes"),
                    "instructions_per_inference": variant.get("instructions_per_inference"),
-                   "parity_max_abs_diff": variant.get("parity_max_abs_diff"),
-                   "top1_agreement": variant.get("top1_agreement"), "fits": variant.get("fits"),
+                   "parity_max_abs_diff": ((be or {}).get("float") or {}).get("parity_max_abs_diff"),
+                   "int8_parity_max_steps": ((be or {}).get("int8") or {}).get("int8_max_abs_diff_q"),
+                   "top1_agreement": min((v["top1_agreement"] for v in (be or {}).values()
+                                          if isinstance(v, dict)), default=None),
+                   "fits": variant.get("fits"),
                    "flash_budget": target.flash_budget, "ram_budget": target.ram_budget,
                    "benched": be is not None, "variants": be},
         "artifacts": {"model": "train/model.vst", "compact_model": "compact.vst",

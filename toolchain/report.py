@@ -62,7 +62,8 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("RAM (data+bss+stack)", f"{_num(t['ram_bytes'])} B of {t['ram_budget']:,}"),
             ("instructions per inference (QEMU icount, not cycles)",
              _num(t["instructions_per_inference"])),
-            ("parity max abs diff vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
+            ("float parity: max abs diff vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
+            ("int8 parity: max diff vs TFLM (steps)", _num(t.get("int8_parity_max_steps"))),
             ("top-1 agreement on golden vectors", _pct(t["top1_agreement"]))],
     }
 

@@ -31,8 +31,8 @@ def plot_training(record: dict, path: Path) -> None:
     if dens:
         ax.bar([f"L{k}" for k in dens], list(dens.values()))
         ax.set_ylim(0, 1)
-    ax.set_title(f"density per layer ({record.get('mode', 'dense')}, "
-                 f"global {record.get('density', 1.0):.3f})")
+    unit = "channels" if record.get("mode") == "structured" else "weights"
+    ax.set_title(f"{unit} kept per layer (density {record.get('density', 1.0):.3f})")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
