@@ -107,6 +107,9 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
                  f"{export_res['tflite_int8_agreement']:.1%}")
 
     bench_res = None
+    if not bench:
+        progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
+                     "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
         bench_res = stages.run("bench", _key(__version__, small.weights_hash(), asdict(target)),
                                [out / "bench" / "bench.json"],
@@ -220,7 +223,8 @@ def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict
         "export": {k: ex.get(k) for k in ("onnx", "tflite_float", "tflite_int8", "c_dir",
                                           "vnnlib_dir", "onnx_max_abs_diff",
                                           "tflite_float_max_abs_diff", "tflite_int8_agreement",
-                                          "int8_acc", "float_acc", "sizes")},
+                                          "int8_acc", "float_acc", "sizes", "c",
+                                          "litert_vs_tflm_int8")},
         # Sizes and counts of the deployable variant (int8 when built); parity of
         # each variant against the host running the same arithmetic.
         "target": {"name": target.name, "variant": variant.get("variant"),

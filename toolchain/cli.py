@@ -72,9 +72,12 @@ def datasets() -> None:
     from toolchain.display import table
 
     rows = [(d["name"], "x".join(map(str, d["input_shape"])), str(d["num_classes"]),
-             f"{d['n_train']}/{d['n_test']}", _human_bytes(d["size_bytes"]), d["description"])
+             f"{d['n_train']}/{d['n_test']}",
+             _human_bytes(d["size_bytes"]) if d["size_bytes"] else "generated",
+             d["description"].split(";")[0].split(",")[0])
             for d in list_builtin()]
-    table(("name", "input shape", "classes", "train/test", "size", "source"), rows)
+    table(("name", "input shape", "classes", "train/test", "size", "what"), rows)
+    click.echo("Provenance and licences: toolchain/data/PROVENANCE.md")
 
 
 @cli.command()
@@ -277,17 +280,24 @@ def bench(build_dir, target_name, name) -> None:
     res = bench_model(c_dir, name, target, build_dir / "bench" / target.name)
     variants = [v for v in ("float", "int8") if v in res]
     rows = [(v, _fmt(res[v].get("flash_bytes")), _fmt(res[v].get("ram_bytes")),
-             _fmt(res[v].get("instructions_per_inference")),
-             f"{res[v]['parity_max_abs_diff']:.2e}", f"{res[v]['top1_agreement']:.0%}",
-             str(res[v].get("fits"))) for v in variants]
-    table(("variant", "flash B", "RAM B", "instructions/inference", "parity |diff|",
-           "top-1 agree", "fits"), rows, title=f"{target.name} ({target.qemu_machine or 'host'})")
+             _fmt(res[v].get("instructions_per_inference")), _parity(res[v]),
+             f"{res[v]['top1_agreement']:.0%}", str(res[v].get("fits"))) for v in variants]
+    table(("variant", "flash B", "RAM B", "instructions", "parity vs host", "top-1", "fits"),
+          rows, title=f"{target.name} ({target.qemu_machine or 'host'}); instructions per "
+                      "inference under QEMU icount, not cycles")
     unfit = [v for v in variants if res[v].get("fits") is False]
     if unfit:
         v = res[unfit[0]]
         raise GateFailed(f"{unfit[0]} model needs flash {v['flash_bytes']} B / RAM "
                          f"{v['ram_bytes']} B; {target.name} has {target.flash_budget} B / "
                          f"{target.ram_budget} B")
+
+
+def _parity(r: dict) -> str:
+    """float: largest difference from the host's float outputs; int8: from TFLM's, in steps."""
+    if r.get("variant") == "int8" and r.get("int8_max_abs_diff_q") is not None:
+        return f"{r['int8_max_abs_diff_q']} steps"
+    return f"{r['parity_max_abs_diff']:.1e}"
 
 
 def _fmt(v) -> str:

@@ -54,7 +54,8 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("TFLite float max abs diff vs PyTorch", _num(e.get("tflite_float_max_abs_diff"), "{:.2e}")),
             ("TFLite int8 top-1 agreement with float", _pct(e.get("tflite_int8_agreement"))),
             ("accuracy float / int8", f"{_pct(e.get('float_acc'))} / {_pct(e.get('int8_acc'))}"),
-            *[(f"size of {k}", f"{b:,} B") for k, b in (e.get("sizes") or {}).items()]],
+            *[(f"size of {k}", f"{b:,} B") for k, b in (e.get("sizes") or {}).items()],
+            *_c_rows(e.get("c") or {})],
         "target": [
             ("benchmarked", "yes" if t["benched"] else "no (--no-bench)"),
             ("variant measured", str(t.get("variant"))),
@@ -66,6 +67,21 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("int8 parity: max diff vs TFLM (steps)", _num(t.get("int8_parity_max_steps"))),
             ("top-1 agreement on golden vectors", _pct(t["top1_agreement"]))],
     }
+
+
+def _c_rows(c: dict) -> list[tuple[str, str]]:
+    """C weights: what dense storage would take vs what was written (dense or CSR per layer)."""
+    rows = []
+    for variant in ("float", "int8"):
+        info = c.get(variant)
+        if not info:
+            continue
+        dense = sum(layer["dense_bytes"] for layer in info["layers"])
+        chosen = sum(layer["sparse_bytes"] if layer["storage"] == "sparse" else layer["dense_bytes"]
+                     for layer in info["layers"])
+        rows.append((f"C {variant} weights: all dense / as stored",
+                     f"{dense:,} B / {chosen:,} B ({info['arena_bytes']:,} B activations)"))
+    return rows
 
 
 def _md_table(rows) -> str:
