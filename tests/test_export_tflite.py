@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from test_export_onnx import NETWORKS, random_model, train_tiny
+from helpers import NETWORKS, random_model, train_tiny
 from toolchain.errors import VstError
 from toolchain.export.keras_build import flatten_order, same_padding_matches
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("ai_edge_litert")
 from toolchain.export.tflite import (compare_runtimes, dequantize, export_tflite,  # noqa: E402
                                      quant_params, quantize, run_tflite, tflite_report)
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from test_export_onnx import NETWORKS, random_model, trained  # noqa: F401  (module fixture)
+from helpers import NETWORKS, random_model, train_tiny
 from toolchain.errors import VstError
+from toolchain.export.onnx import export_onnx
 from toolchain.models import layers as L
 from toolchain.models.modelfile import load_model, save_model
+from toolchain.models.onnx_import import import_onnx
 
-onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from toolchain.export.onnx import export_onnx  # noqa: E402
-from toolchain.models.onnx_import import import_onnx  # noqa: E402
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("trained"))
 
 
 def _outputs(model, x):

@@ -67,8 +67,7 @@ def test_custom_range_and_conv1d_inputs(tmp_path):
 
 
 def test_num_classes_is_read_from_the_onnx_file(tmp_path):
-    pytest.importorskip("onnx")
-    from test_export_onnx import NETWORKS, random_model
+    from helpers import NETWORKS, random_model
     from toolchain.export.onnx import export_onnx
 
     export_onnx(random_model(NETWORKS["mlp_bn"]), tmp_path / "net.onnx")
@@ -95,7 +94,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, kwargs, match):
 
 
 def test_input_box_matches_the_bounder_box():
-    torch = pytest.importorskip("torch")
+    import torch
     x = np.random.default_rng(2).random((4, 1, 5, 5), dtype=np.float32)
     lower, upper = input_box(x, 0.3)
     t = torch.from_numpy(x)
