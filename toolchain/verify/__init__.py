@@ -69,6 +69,6 @@ def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
                                 visible=show_progress)
             results.append(verify_samples(
                 module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
-                on_batch=lambda m, k: bar.update(task, advance=k, info=m)))
+                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m)))
             bar.update(task, total=len(x), completed=len(x))
     return results

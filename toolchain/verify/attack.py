@@ -34,11 +34,12 @@ def _worst_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-        cfg: AttackConfig = AttackConfig(), x_min: float = 0.0, x_max: float = 1.0):
+        cfg: AttackConfig | None = None, x_min: float = 0.0, x_max: float = 1.0):
     """Return ``(found, adversarial)``: per-sample bool and the input that broke it.
 
     Where nothing was found, ``adversarial`` holds the strongest input tried.
     """
+    cfg = cfg or AttackConfig()
     module.eval()
     lower = torch.clamp(x - eps, min=x_min)
     upper = torch.clamp(x + eps, max=x_max)
@@ -47,8 +48,7 @@ def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     best_margin = torch.full((len(x),), float("-inf"))
     step = cfg.step_fraction * eps
     for _ in range(cfg.restarts):
-        delta = torch.rand(x.shape, generator=gen) * (upper - lower) + lower
-        adv = delta.requires_grad_(True)
+        adv = (torch.rand(x.shape, generator=gen) * (upper - lower) + lower).requires_grad_(True)
         for _ in range(cfg.steps):
             margin = _worst_margin(module(adv), y)
             grad, = torch.autograd.grad(margin.sum(), adv)

@@ -73,7 +73,7 @@ class EpsResult:
 
 
 def verify_samples(module, bounder, x, y, eps: float, method: str, *,
-                   attack: AttackConfig = AttackConfig(), on_batch=None) -> EpsResult:
+                   attack: AttackConfig | None = None, on_batch=None) -> EpsResult:
     """Run the cascade for one eps on (x, y); ``on_batch(n_done)`` reports progress."""
     if method not in CASCADES:
         raise VstError(f"unknown method {method!r}; choose ibp, crown, alpha-crown or all")
@@ -91,7 +91,7 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
     cheap = [m for m in steps if m != "alpha-crown"]
     for m in cheap:
         _bound_step(bounder, x, y, eps, m, verdict, decided_by, margins, on_batch)
-    _attack_step(module, x, y, eps, attack, verdict, decided_by)
+    _attack_step(module, x, y, eps, attack or AttackConfig(), verdict, decided_by)
     if "alpha-crown" in steps:
         _bound_step(bounder, x, y, eps, "alpha-crown", verdict, decided_by, margins, on_batch)
     result = EpsResult(eps, method, seconds=0.0)
