@@ -106,7 +106,8 @@ def allocate_channels(network, groups, density: float) -> dict[int, int]:
     Removing a channel also removes the consumer's inputs from it, so the
     budget is the share of weights between live channels. Every layer keeps
     the same fraction ``r`` of its channels (at least one), with ``r`` chosen
-    so that share is as close to ``density`` as whole channels allow.
+    so that share is as close to ``density`` as possible, then single channels
+    are moved while that brings it closer still.
     (ERK is for single weights: it would starve the narrow conv layers whose
     channels feed everything after them.)
     """
@@ -119,4 +120,17 @@ def allocate_channels(network, groups, density: float) -> dict[int, int]:
         gap = abs(live_weights(network, groups, alive) - target)
         if best is None or gap < best[0]:
             best = (gap, alive)
-    return best[1]
+    gap, alive = best
+    improved = True
+    while improved:           # then single channels up or down, while that gets closer
+        improved = False
+        for g in groups:
+            for step in (1, -1):
+                trial = dict(alive)
+                trial[g.layer] += step
+                if not 1 <= trial[g.layer] <= g.channels:
+                    continue
+                t_gap = abs(live_weights(network, groups, trial) - target)
+                if t_gap < gap:
+                    gap, alive, improved = t_gap, trial, True
+    return alive
