@@ -6,6 +6,8 @@ with dense and with sparse (CSR) weight storage, float and int8. Counts come
 from SysTick under ``-icount shift=0`` (instructions, not cycles). Beside them,
 the floor from the brief: about one FMA instruction per float MAC plus its
 loads, and half an instruction per int8 MAC with SMLAD (two MACs each).
+Storage ``auto`` picks dense or CSR per layer, whichever is smaller: int8
+weights that quantize to zero can make CSR smaller even for a "dense" model.
 Writes results/mcu.{json,md}.
 
     .venv/bin/python benchmarks/mcu.py [--epochs 5]
@@ -50,14 +52,16 @@ def nonzero_macs(model) -> int:
 def measure(label, model, data, root: Path, target, storage="auto") -> list[tuple]:
     work = root / label.replace(" ", "_")
     tfl = export_tflite(model, work, data.x_train, name="m")
-    generate_c(model.network, model.state, work / "c", name="m", tflite_int8=tfl["int8"],
-               golden_x=data.x_test[:4], storage=storage)
+    c = generate_c(model.network, model.state, work / "c", name="m", tflite_int8=tfl["int8"],
+                   golden_x=data.x_test[:4], storage=storage)
     res = bench_model(work / "c", "m", target, work / "bench")
     rows = []
     for variant in ("float", "int8"):
         r = res[variant]
         macs, nz = model.network.macs(), nonzero_macs(model)
+        layers = c[variant]["layers"]
         rows.append({"model": label, "variant": variant, "storage": storage,
+                     "layer_storage": "/".join(layer["storage"][0] for layer in layers),
                      "macs": macs, "nonzero_macs": nz,
                      "instructions": r["instructions_per_inference"],
                      "per_mac": r["instructions_per_inference"] / macs,
@@ -88,11 +92,13 @@ def main() -> None:
         for storage in ("dense", "sparse"):
             results += measure(f"unstructured 0.1 {storage}", unstructured, data, root, target,
                                storage=storage)
-    rows = [(r["model"], r["variant"], f"{r['macs']:,}", f"{r['nonzero_macs']:,}",
+    rows = [(r["model"], r["variant"], f"{r['storage']} ({r['layer_storage']})",
+             f"{r['macs']:,}", f"{r['nonzero_macs']:,}",
              f"{r['instructions']:,}", f"{r['per_mac']:.2f}", f"{r['per_nonzero_mac']:.2f}",
              f"{r['floor_per_mac']:.1f}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}")
             for r in results]
-    table = markdown(("model", "variant", "MACs", "nonzero MACs", "instructions",
+    table = markdown(("model", "variant", "storage (per layer d/s)", "MACs", "nonzero MACs",
+                      "instructions",
                       "instr/MAC", "instr/nonzero MAC", "floor instr/MAC", "flash B", "RAM B"),
                      rows)
     write("mcu", {"machine": machine(), "target": "cortex-m4 (QEMU mps2-an386, icount)",

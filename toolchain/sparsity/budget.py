@@ -3,8 +3,9 @@
 ERK (Erdős–Rényi-kernel, Evci et al. 2020, used by RigL and VeriSparse) gives
 a layer density proportional to ``sum(weight.shape) / prod(weight.shape)``:
 small layers stay dense, wide ones get sparse. First and last layers keep at
-least ``FIRST_LAST_FLOOR`` (they are small and every input pixel / every class
-needs a path). Counts are integers and add up to the global budget exactly
+least the average density, and up to ``FIRST_LAST_FLOOR`` while that takes no
+more than half the budget (every input pixel and every class needs a path; in
+an MLP the first layer is the biggest, and a fixed floor would eat the budget). Counts are integers and add up to the global budget exactly
 (unstructured) or as closely as whole channels allow (structured).
 
 >>> allocate([100, 10_000, 100], [1, 1, 1], 0.1, "uniform")
@@ -50,9 +51,12 @@ def allocate(sizes: list[int], unit: list[int], density: float, distribution: st
     fixed = {i: 1.0 for i in dense_layers}
     dens = _solve(sizes, scales, target, fixed)
     if density < 1.0:
+        # First and last layers are never sparser than the average, nor than
+        # FIRST_LAST_FLOOR when the budget allows it (at most half the budget).
+        floor = max(density, min(FIRST_LAST_FLOOR, 0.5 * target / (sizes[0] + sizes[-1])))
         for i in {0, n - 1} - set(fixed):
-            if dens[i] < FIRST_LAST_FLOOR:
-                fixed[i] = min(1.0, FIRST_LAST_FLOOR)
+            if dens[i] < floor:
+                fixed[i] = min(1.0, floor)
         dens = _solve(sizes, scales, target, fixed)
     units = [sizes[i] // unit[i] for i in range(n)]
     kept = [min(units[i], max(1, round(dens[i] * units[i]))) for i in range(n)]
