@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("train_vs_baselines.py", "verify_speed.py", "mcu.py")
+BENCHMARKS = ("train_vs_baselines.py", "dst_ablation.py", "verify_speed.py", "mcu.py")
 
 if __name__ == "__main__":
     for script in BENCHMARKS:
