@@ -21,9 +21,11 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.vst-installed" 2>/dev/null)" 
     pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
     "${pip[@]}" "$TORCH"                         # CPU wheel; alone so nothing pulls a CUDA build
     "${pip[@]}" -r requirements.txt
-    "${pip[@]}" --no-deps "$LIRPA"               # pins torch<1.13; our compat layer mends it
     "${pip[@]}" --pre "$TFLM"                    # TFLM's Python interpreter: pre-release only
     "${pip[@]}" --no-deps --no-build-isolation -e .
+    # Last, so no later pip run reports its stale pins (torch<1.13, torchvision):
+    # our compatibility layer (toolchain/lirpa/compat.py) mends it for torch 2.x.
+    "${pip[@]}" --no-deps "$LIRPA"
     echo "$stamp_now" > "$VENV/.vst-installed"
 fi
 
