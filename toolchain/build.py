@@ -95,7 +95,8 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
     small = load_model(compact_path)
     reverify_res = stages.run("reverify", _key(small.weights_hash(), cfg.verify, data.sha256()),
                               [out / "certificate.json"],
-                              lambda: _reverify(small, data, cfg, out, show_progress))
+                              lambda: _verify(small, data, cfg, out / "certificate.json",
+                                              show_progress))
     progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
@@ -149,19 +150,16 @@ def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
             "mode": model.record["mode"]}
 
 
-def _verify_to(model, data, cfg, path: Path, show_progress: bool):
+def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
+    """Verify at the config's eps, write the certificate to ``path``, return its numbers."""
     from toolchain.verify import verify_model
     from toolchain.verify.certificate import build_certificate, save_certificate
 
     result = verify_model(model, data, [cfg.verify.eps], cfg.verify.method, cfg.verify.n,
-                          show_progress=show_progress)[0]
-    cert = build_certificate(model, data, [result])
+                          show_progress=show_progress)
+    cert = build_certificate(model, data, result)
     save_certificate(path, cert)
-    return result, cert["results"][0]
-
-
-def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
-    _, res = _verify_to(model, data, cfg, path, show_progress)
+    res = cert["results"][0]
     return {k: res[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
                                 "robust_acc_upper", "samples_per_second")} | {
         "verdicts": [s["verdict"] for s in res["samples"]]}
@@ -183,11 +181,6 @@ def _compact(model, data, path: Path) -> dict:
             "bytes_before": b["bytes_float32"], "bytes_after": a["bytes_float32"],
             "layers_before": report["layers_before"], "layers_after": report["layers_after"],
             "note": report["note"]}
-
-
-def _reverify(small, data, cfg, out: Path, show_progress: bool) -> dict:
-    res = _verify(small, data, cfg, out / "certificate.json", show_progress)
-    return res
 
 
 def _export(small, data, cfg, out: Path, reverify: dict) -> dict:

@@ -23,7 +23,7 @@ import torch
 from toolchain.models.modelfile import save_model
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss
-from toolchain.train.loop import MODEL_FILE, _loop, epoch_metrics, make_run, to_model
+from toolchain.train.loop import MODEL_FILE, epoch_metrics, make_run, run_epochs, to_model
 
 
 def train_hydra(cfg, out_dir: Path, *, show_progress: bool = True):
@@ -34,7 +34,7 @@ def train_hydra(cfg, out_dir: Path, *, show_progress: bool = True):
                         seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
     run = make_run(cfg, data, method="dense")
     run.record = {"epochs": [], "seconds_total": 0.0}
-    _loop(run, out_dir, 0, cfg.train.epochs, 0.0, show_progress)            # phase 1
+    run_epochs(run, out_dir, 0, cfg.train.epochs, 0.0, show_progress)       # phase 1
     t0 = time.perf_counter()
     s = cfg.sparsity
     run.sparsifier = Sparsifier(run.network, s.mode, s.density, s.distribution,

@@ -178,7 +178,7 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, show_progress: bo
     run = make_run(cfg, data)
     start, elapsed = _maybe_resume(run, out_dir, resume)
     last = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, stop_after)
-    _loop(run, out_dir, start, last, elapsed, show_progress)
+    run_epochs(run, out_dir, start, last, elapsed, show_progress)
     model = to_model(run, data, run.record["seconds_total"])
     save_model(out_dir / MODEL_FILE, model)
     if last == cfg.train.epochs:
@@ -203,8 +203,8 @@ def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
     return ck.epoch, float(ck.record.get("seconds_total", 0.0))
 
 
-def _loop(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
-          show_progress: bool) -> None:
+def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
+               show_progress: bool) -> None:
     from toolchain.display import progress
 
     with progress(transient=False) as bar:
