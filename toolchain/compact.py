@@ -38,9 +38,10 @@ def _channel_constants(model: VstModel, group) -> torch.Tensor:
     w = s[f"{p}.weight"].reshape(group.channels, -1)
     out = s[f"{p}.bias"].clone().double()
     if group.batchnorm is not None:
-        b, bn = group.batchnorm, model.network.layers[group.batchnorm]
-        scale = s[f"{b}.weight"].double() / torch.sqrt(s[f"{b}.running_var"].double() + bn.eps)
-        out = (out - s[f"{b}.running_mean"].double()) * scale + s[f"{b}.bias"].double()
+        b = group.batchnorm
+        scale, shift = model.network.layers[b].affine(
+            *(s[f"{b}.{k}"].double() for k in L.BatchNorm.TENSORS))
+        out = out * scale + shift
     between = model.network.layers[p + 1:group.consumer]
     if any(isinstance(layer, L.ReLU) for layer in between):
         out = out.clamp(min=0)
@@ -100,7 +101,7 @@ def remove_channels(model: VstModel) -> VstModel:
         layers[i] = _resized(layer, rows, cols)
         bn = groups[i].batchnorm if i in groups else None
         if bn is not None:
-            for name in ("weight", "bias", "running_mean", "running_var"):
+            for name in L.BatchNorm.TENSORS:
                 for store in (state, masks):
                     if f"{bn}.{name}" in store:
                         store[f"{bn}.{name}"] = store[f"{bn}.{name}"][rows].contiguous()
@@ -140,11 +141,10 @@ def fold_batchnorm(model: VstModel) -> VstModel:
         _copy_layer(s, i, new, state)
         _copy_layer(model.masks, i, new, masks)
         if isinstance(layer, L.WEIGHTED) and i + 1 < len(src) and isinstance(src[i + 1], L.BatchNorm):
-            bn, w, b = src[i + 1], s[f"{i}.weight"], s[f"{i}.bias"]
-            g = s[f"{i+1}.weight"].double() / torch.sqrt(s[f"{i+1}.running_var"].double() + bn.eps)
+            w, b = s[f"{i}.weight"], s[f"{i}.bias"]
+            g, shift = src[i + 1].affine(*(s[f"{i+1}.{k}"].double() for k in L.BatchNorm.TENSORS))
             state[f"{new}.weight"] = (w.double() * g.view((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
-            state[f"{new}.bias"] = ((b.double() - s[f"{i+1}.running_mean"].double()) * g
-                                    + s[f"{i+1}.bias"].double()).to(b.dtype)
+            state[f"{new}.bias"] = (b.double() * g + shift).to(b.dtype)
             i += 1                      # the BatchNorm is gone
         layers.append(layer)
         i += 1

@@ -75,9 +75,8 @@ def _numpy(state: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def _fold_bn(weight, bias, p: dict, i: int, eps: float):
-    scale = p[f"{i}.weight"] / np.sqrt(p[f"{i}.running_var"] + eps)
-    shift = p[f"{i}.bias"] - p[f"{i}.running_mean"] * scale
+def _fold_bn(weight, bias, p: dict, i: int, bn: L.BatchNorm):
+    scale, shift = bn.affine(*(p[f"{i}.{k}"] for k in L.BatchNorm.TENSORS))
     scale_w = scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     return weight * scale_w, bias * scale + shift
 
@@ -160,7 +159,7 @@ def _flatten(keras, h, in_shape: L.Shape, rest):
 def _dense(keras, h, layer: L.Linear, p: dict, i: int, order, bn):
     weight, bias = p[f"{i}.weight"], p[f"{i}.bias"]
     if bn is not None:
-        weight, bias = _fold_bn(weight, bias, p, i + 1, bn.eps)
+        weight, bias = _fold_bn(weight, bias, p, i + 1, bn)
     if order is not None:
         weight = weight[:, order]
     dense = keras.layers.Dense(layer.out_features, name=f"dense_{i}")
@@ -172,7 +171,7 @@ def _dense(keras, h, layer: L.Linear, p: dict, i: int, order, bn):
 def _conv(keras, h, layer, in_shape: L.Shape, p: dict, i: int, bn):
     weight, bias = p[f"{i}.weight"], p[f"{i}.bias"]
     if bn is not None:
-        weight, bias = _fold_bn(weight, bias, p, i + 1, bn.eps)
+        weight, bias = _fold_bn(weight, bias, p, i + 1, bn)
     two_d = isinstance(layer, L.Conv2d)
     spatial = in_shape[1:]
     same = layer.padding > 0 and all(
@@ -202,5 +201,5 @@ def _per_channel(keras, h, layer, p: dict, i: int, order):
     bn = keras.layers.BatchNormalization(axis=-1, epsilon=layer.eps, name=f"batchnorm_{i}")
     h = bn(h)
     bn.set_weights([features(p[f"{i}.{k}"]).astype(np.float32)
-                    for k in ("weight", "bias", "running_mean", "running_var")])
+                    for k in L.BatchNorm.TENSORS])
     return h

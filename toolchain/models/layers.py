@@ -118,6 +118,17 @@ class BatchNorm:
     channels: int
     eps: float = 1e-5
     kind: ClassVar[str] = "batchnorm"
+    # its tensors, in the order of ``affine``'s arguments (and Keras' set_weights)
+    TENSORS: ClassVar[tuple[str, ...]] = ("weight", "bias", "running_mean", "running_var")
+
+    def affine(self, gamma, beta, mean, var):
+        """Eval-mode BatchNorm as ``y = scale * x + shift`` per channel.
+
+        Works on torch tensors and numpy arrays alike; the one place the
+        folding formula lives (compaction, Keras export and C generation use it).
+        """
+        scale = gamma / (var + self.eps) ** 0.5
+        return scale, beta - mean * scale
 
     def out_shape(self, shape: Shape) -> Shape:
         if shape[0] != self.channels:

@@ -91,8 +91,7 @@ def _param(p: dict, name: str) -> np.ndarray:
 
 
 def _fold_batchnorm(op: FloatOp, p: dict, i: int, bn: L.BatchNorm) -> None:
-    scale = _param(p, f"{i}.weight") / np.sqrt(_param(p, f"{i}.running_var") + bn.eps)
-    shift = _param(p, f"{i}.bias") - _param(p, f"{i}.running_mean") * scale
+    scale, shift = bn.affine(*(_param(p, f"{i}.{k}") for k in L.BatchNorm.TENSORS))
     op.weight = op.weight * scale[:, None]
     op.bias = op.bias * scale + shift
 
