@@ -62,9 +62,9 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
     Raises ``GateFailed`` after writing everything when a gate of ``cfg.gates``
     fails (exit 1).
     """
-    from toolchain.data import load_dataset
     from toolchain.models.modelfile import load_model
     from toolchain.targets import load_target
+    from toolchain.train.loop import load_data
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -72,8 +72,7 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
     target = load_target(target_name or cfg.target.name)
     bench = cfg.target.bench if bench is None else bench
     stages = Stages(out)
-    data = load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
-                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
+    data = load_data(cfg)
     progress = _Progress(show_progress)
 
     model_path = out / "train" / "model.vst"
@@ -248,14 +247,8 @@ def _ibp_sweep(model, data, eps: float) -> list[dict]:
     module = model.torch_module().eval()
     bounder = Bounder(module, data.input_shape)
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    points = []
-    for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0):
-        with torch.no_grad():
-            ok = sum(int(bounder.verified(bounder.margin_lower(x[i:i + 500], y[i:i + 500],
-                                                              f * eps, "ibp")).sum())
-                     for i in range(0, len(x), 500))
-        points.append({"eps": f * eps, "verified_acc": ok / len(x)})
-    return points
+    return [{"eps": f * eps, "verified_acc": bounder.count_verified(x, y, f * eps) / len(x)}
+            for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)]
 
 
 def _gates(cfg, summary: dict) -> list[str]:

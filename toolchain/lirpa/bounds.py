@@ -169,6 +169,15 @@ class Bounder:
         """Per-sample verdict (N,) bool: every margin lower bound is > 0."""
         return (margin_lower > 0).all(dim=1)
 
+    def count_verified(self, x, y, eps: float, method: str = "ibp", batch: int = 500) -> int:
+        """How many samples of (x, y) are verified at ``eps``, bounded ``batch`` at a time."""
+        total = 0
+        for i in range(0, len(x), batch):
+            with torch.no_grad():      # alpha-CROWN enables its own gradients inside
+                lb = self.margin_lower(x[i:i + batch], y[i:i + batch], eps, method)
+            total += int(self.verified(lb.detach()).sum())
+        return total
+
     def sync(self) -> None:
         """Make the bounded model see the module as it is now (see module doc)."""
         from auto_LiRPA.operators.leaf import BoundBuffers, BoundParams

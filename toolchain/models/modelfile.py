@@ -8,8 +8,13 @@ and never executes code on load (unlike pickle). Layout:
 - metadata ``vst_format`` (version), ``architecture`` (layer list JSON),
   ``record`` (training record, config, library versions: JSON).
 
->>> m = VstModel(Network((2,), (Linear(2, 2),)), init_state(...))  # doctest: +SKIP
->>> save_model("m.vst", m); load_model("m.vst").weights_hash() == m.weights_hash()  # doctest: +SKIP
+>>> from toolchain.models.layers import Linear, Network            # doctest: +SKIP
+>>> from toolchain.models.torch_build import build_torch           # doctest: +SKIP
+>>> net = Network((2,), (Linear(2, 2),))                           # doctest: +SKIP
+>>> m = VstModel(net, build_torch(net).state_dict())               # doctest: +SKIP
+>>> save_model("m.vst", m)                                         # doctest: +SKIP
+>>> load_model("m.vst").weights_hash() == m.weights_hash()         # doctest: +SKIP
+True
 """
 
 from __future__ import annotations

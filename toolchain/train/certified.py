@@ -40,6 +40,11 @@ def certified_loss(module, bounder, x, y, eps: float, beta: float, kappa: float,
     return kappa * natural + (1.0 - kappa) * robust_ce(lower), logits
 
 
+def ibp_std(n: float) -> float:
+    """Standard deviation of IBP initialization for a unit that sums ``n`` inputs."""
+    return math.sqrt(2 * math.pi) / n
+
+
 @torch.no_grad()
 def ibp_init(module: torch.nn.Module, live_inputs: dict[str, float] | None = None) -> None:
     """IBP initialization (Shi et al. 2021): w ~ N(0, (sqrt(2 pi) / n)^2), b = 0.
@@ -53,7 +58,7 @@ def ibp_init(module: torch.nn.Module, live_inputs: dict[str, float] | None = Non
     for name, layer in module.named_modules():
         if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
             n = max(1.0, layer.weight[0].numel() * live_inputs.get(name, 1.0))
-            layer.weight.normal_(0.0, math.sqrt(2 * math.pi) / n)
+            layer.weight.normal_(0.0, ibp_std(n))
             if layer.bias is not None:
                 layer.bias.zero_()
 
@@ -63,12 +68,9 @@ def evaluate(module, bounder, x, y, eps: float, batch: int = 500) -> tuple[float
     """Clean accuracy and IBP-verified accuracy at ``eps`` (eval mode)."""
     was_training = module.training
     module.eval()
-    clean = verified = 0
-    for i in range(0, len(x), batch):
-        xb, yb = x[i:i + batch], y[i:i + batch]
-        clean += int((module(xb).argmax(1) == yb).sum())
-        if eps > 0:
-            verified += int(bounder.verified(bounder.margin_lower(xb, yb, eps, "ibp")).sum())
+    clean = sum(int((module(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
+                for i in range(0, len(x), batch))
+    verified = bounder.count_verified(x, y, eps, "ibp", batch) if eps > 0 else 0
     module.train(was_training)
     n = max(1, len(x))
     return clean / n, (verified / n if eps > 0 else clean / n)

@@ -15,11 +15,9 @@ at 0, so growth does not change the network's function, as in RigL).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from toolchain.train.certified import certified_loss
+from toolchain.train.certified import certified_loss, ibp_std
 
 
 def grow_scores(run, xb, yb, eps: float, gen: torch.Generator) -> dict[int, torch.Tensor]:
@@ -52,7 +50,7 @@ def _fill_inactive(params, sp, gen: torch.Generator) -> None:
         w = params[f"{layer}.weight"]
         fan_in = w[0].numel()
         fresh = torch.randn((len(off),) + tuple(w.shape[1:]), generator=gen)
-        w[off] = fresh * (math.sqrt(2 * math.pi) / fan_in)
+        w[off] = fresh * ibp_std(fan_in)
         params[f"{layer}.bias"][off] = 0.0
         if group.batchnorm is not None:
             params[f"{group.batchnorm}.weight"][off] = 1.0

@@ -23,15 +23,13 @@ import torch
 from toolchain.models.modelfile import save_model
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss
-from toolchain.train.loop import MODEL_FILE, epoch_metrics, make_run, run_epochs, to_model
+from toolchain.train.loop import (MODEL_FILE, epoch_metrics, load_data, make_run, run_epochs,
+                                  to_model)
 
 
 def train_hydra(cfg, out_dir: Path, *, show_progress: bool = True):
-    from toolchain.data import load_dataset
-
     out_dir = Path(out_dir)
-    data = load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
-                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
+    data = load_data(cfg)
     run = make_run(cfg, data, method="dense")
     run.record = {"epochs": [], "seconds_total": 0.0}
     run_epochs(run, out_dir, 0, cfg.train.epochs, 0.0, show_progress)       # phase 1

@@ -48,6 +48,14 @@ class Run:
     record: dict = field(default_factory=dict)
 
 
+def load_data(cfg: Config):
+    """The data set a config names, split as the config says (seeded by train.seed)."""
+    from toolchain.data import load_dataset
+
+    return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
+                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
+
+
 def split_validation(data, val_size: int, seed: int):
     """Hold ``val_size`` training images out (seeded) for per-epoch metrics."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
@@ -167,14 +175,11 @@ def to_model(run: Run, data, seconds: float) -> VstModel:
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, show_progress: bool = True,
           stop_after: int | None = None) -> VstModel:
     """Train per ``cfg``; write ``out_dir/model.vst``. ``stop_after`` ends early (tests)."""
-    from toolchain.data import load_dataset
-
     if cfg.sparsity.method == "hydra":
         from toolchain.train.hydra import train_hydra
         return train_hydra(cfg, out_dir, show_progress=show_progress)
     out_dir = Path(out_dir)
-    data = load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
-                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
+    data = load_data(cfg)
     run = make_run(cfg, data)
     start, elapsed = _maybe_resume(run, out_dir, resume)
     last = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, stop_after)
