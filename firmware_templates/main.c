@@ -7,6 +7,9 @@
  *   VST out <i> <v0> <v1> ...            float: IEEE-754 bits in hex; int8: decimal
  *   VST ticks <i> <n>                    counter ticks of the one inference
  *   VST stack <i> <bytes>                peak stack below main during it
+ *   VST marks <i> <t0> <t1> ...          ticks from the start to the end of
+ *                                        each operator (the model is compiled
+ *                                        with -DVST_PROFILE for this program)
  *   VST done
  *
  * Nothing is compared here: a mismatch is measured by the host, not asserted.
@@ -22,6 +25,20 @@
 static char line[128];
 static unsigned line_len;
 static vst_elem_t output[VST_OUT_SIZE];
+
+/* Operator timing: the model calls this after each operator. */
+#define VST_MAX_MARKS 64
+static uint64_t marks[VST_MAX_MARKS];
+static int mark_count;
+
+void vst_profile_mark(int op);
+void vst_profile_mark(int op)
+{
+    (void)op;
+    if (mark_count < VST_MAX_MARKS) {
+        marks[mark_count++] = vst_port_ticks();
+    }
+}
 
 static void flush(void)
 {
@@ -113,6 +130,19 @@ static void put_output(int index)
     flush();
 }
 
+static void put_marks(int index, uint64_t start)
+{
+    int k;
+    put_str("VST marks ");
+    put_i32(index);
+    for (k = 0; k < mark_count; ++k) {
+        put_char(' ');
+        put_u64(marks[k] - start);
+    }
+    put_char('\n');
+    flush();
+}
+
 static void put_header(void)
 {
     uint32_t calib_instructions;
@@ -146,6 +176,7 @@ int main(void)
         uint64_t start, end;
         int status;
         vst_port_stack_paint();
+        mark_count = 0;
         start = vst_port_ticks();
         status = VST_INFER(VST_GOLDEN_IN[i], output);
         end = vst_port_ticks();
@@ -155,6 +186,7 @@ int main(void)
             return 1;
         }
         put_fact("ticks", i, end - start);
+        put_marks(i, start);
         put_output(i);
     }
     put_str("VST done\n");

@@ -105,13 +105,18 @@ def _inputs(network, path, x) -> np.ndarray:
     return np.concatenate([real, noise])
 
 
+@pytest.mark.parametrize("kernels", ["dsp", "portable"])
 @pytest.mark.parametrize("storage", ["dense", "sparse"])
 @pytest.mark.parametrize("arch", list(NETWORKS))
-def test_int8_c_matches_tflite_micro_bit_for_bit(tmp_path, models, arch, storage):
+def test_int8_c_matches_tflite_micro_bit_for_bit(tmp_path, models, arch, storage, kernels):
+    """Every kernel family and storage; on the host the DSP family runs its
+    portable stand-ins for SMLAD / SXTB16 (QEMU runs the real instructions)."""
     network, state, path, x = models[arch]
     q_in = _inputs(network, path, x)
-    result = generate_c(network, state, tmp_path, tflite_int8=path, storage=storage)
+    result = generate_c(network, state, tmp_path, tflite_int8=path, storage=storage,
+                        kernels=kernels)
     assert {row["storage"] for row in result["int8"]["layers"]} == {storage}
+    assert result["int8"]["kernels"] == kernels
     binary = compile_program(tmp_path, [result["files"]["int8_c"]], INT8_HARNESS)
     got = run_program(binary, q_in, np.int8, network.num_classes)
     expected = tflm_outputs(path, q_in)
@@ -182,7 +187,8 @@ def full_set(models, tmp_path_factory):
 def test_golden_self_test_float_and_int8(full_set):
     result, path = full_set
     files = result["files"]
-    assert set(files) == {"h", "c", "int8_h", "int8_c", "model_data_h", "model_data_c", "golden"}
+    assert set(files) == {"h", "c", "int8_h", "int8_c", "model_data_h", "model_data_c", "golden",
+                          "ops"}
     out_dir = files["c"].parent
     binary = compile_program(out_dir, [files["c"], files["int8_c"], files["model_data_c"]],
                              GOLDEN_HARNESS, exe="golden")
@@ -198,16 +204,20 @@ ARM_CPUS = {
 }
 
 
-@pytest.mark.parametrize("storage", ["auto", "dense"])
+ARM_KERNELS = {"cortex-m4-hard": "dsp", "cortex-m3-soft": "portable"}
+
+
+@pytest.mark.parametrize("storage", ["sparse", "dense"])
 @pytest.mark.parametrize("cpu", list(ARM_CPUS))
 def test_every_generated_file_compiles_for_cortex_m(models, cpu, storage, tmp_path):
-    """conv1d at 30% density: "auto" stores every layer sparse, "dense" none."""
+    """conv1d at 30% density, every layer sparse or every layer dense, with the
+    int8 kernel family of the core."""
     require_tools("arm-none-eabi-gcc")
     network, state, path, x = models["conv1d"]
     files = generate_c(network, state, tmp_path / "c", tflite_int8=path, golden_x=x[:4],
-                       storage=storage)["files"]
-    kernel = "vst_conv_dense(" if storage == "dense" else "vst_conv_sparse_uint8("
-    assert kernel in files["c"].read_text() and kernel in files["int8_c"].read_text()
+                       storage=storage, kernels=ARM_KERNELS[cpu])["files"]
+    kernel = f"vst_conv_{ARM_KERNELS[cpu]}(" if storage == "dense" else "vst_conv_sparse_uint8("
+    assert kernel in files["int8_c"].read_text()
     (tmp_path / "selftest.c").write_text(GOLDEN_HARNESS)
     sources = [files["c"], files["int8_c"], files["model_data_c"], tmp_path / "selftest.c"]
     for source in sources:
@@ -288,3 +298,80 @@ def test_quantize_multiplier_matches_tflite_examples():
     assert quantize_multiplier(1e-12) == (0, 0)          # shift below -31 -> zero
     assert quantize_multiplier(0.9999999999) == (1 << 30, 1)   # rounds up to 2**31
 
+
+
+def _mnemonics(obj) -> set[str]:
+    """The instruction mnemonics in an object file's disassembly."""
+    text = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", str(obj)],
+                          capture_output=True, text=True, check=True).stdout
+    return {line.split("\t")[1].split(".")[0] for line in text.splitlines()
+            if line.startswith(" ") and line.count("\t") >= 1 and ":" in line.split("\t")[0]}
+
+
+@pytest.mark.parametrize("cpu", list(ARM_CPUS))
+def test_dsp_kernels_use_smlad_only_where_the_core_has_it(models, cpu, tmp_path):
+    """The DSP family compiles to SMLAD / SXTB16 on Cortex-M4; on Cortex-M3 the
+    portable family has neither (the M3 has no DSP extension)."""
+    require_tools("arm-none-eabi-gcc", "arm-none-eabi-objdump")
+    network, state, path, _ = models["cnn_small_bn"]
+    files = generate_c(network, state, tmp_path / "c", tflite_int8=path, storage="dense",
+                       kernels=ARM_KERNELS[cpu])["files"]
+    obj = tmp_path / "m.o"
+    subprocess.run(["arm-none-eabi-gcc", *ARM_CPUS[cpu], "-std=c99", "-O2", "-c",
+                    str(files["int8_c"]), "-o", str(obj)], check=True)
+    code = _mnemonics(obj)
+    dsp = ARM_KERNELS[cpu] == "dsp"
+    assert "ldr" in code and ("smlad" in code) == dsp and ("sxtb16" in code) == dsp
+
+
+def _odd_network():
+    """Odd channel and pixel counts, taps not a multiple of 8, stride 2 with
+    padding (TF SAME), a 2x2 VALID conv and an FC whose rows are not a multiple
+    of 4: every tail path of the tiled kernels."""
+    return Network((3, 9, 9), (Conv2d(3, 5, 3, 2, 1), ReLU(), Conv2d(5, 3, 2, 1, 0), ReLU(),
+                               Flatten(), Linear(48, 7)))
+
+
+@pytest.mark.parametrize("kernels", ["dsp", "portable"])
+@pytest.mark.parametrize("storage", ["dense", "sparse"])
+def test_tail_paths_are_bit_exact(tmp_path, storage, kernels):
+    from toolchain.export.keras_build import build_keras, to_channels_last
+
+    network = _odd_network()
+    state = random_state(network, 0.5, seed=3)
+    x = np.random.default_rng(3).random((48, 3, 9, 9), dtype=np.float32)
+    path = _tflite(build_keras(network, state), to_channels_last(x), tmp_path / "odd.tflite")
+    result = generate_c(network, state, tmp_path, tflite_int8=path, storage=storage,
+                        kernels=kernels)
+    binary = compile_program(tmp_path, [result["files"]["int8_c"]], INT8_HARNESS)
+    q_in = _inputs(network, path, x)
+    expected = tflm_outputs(path, q_in)
+    assert np.array_equal(run_program(binary, q_in, np.int8, 7), expected)
+    assert len(np.unique(expected)) > 20
+
+
+QEMU_CASES = [("cortex-m4", "dense"), ("cortex-m4", "sparse"), ("cortex-m3", "dense"),
+              ("cortex-m3", "sparse")]
+
+
+@pytest.mark.parametrize("target_name,storage", QEMU_CASES)
+def test_kernels_on_the_target_reproduce_tflite_micro(models, tmp_path, target_name, storage):
+    """In QEMU, with the real SMLAD / SXTB16 on Cortex-M4 and the portable
+    kernels on Cortex-M3: the golden int8 outputs (TFLM's) bit for bit, and the
+    self-test times every operator."""
+    require_tools("arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+    from toolchain.bench import bench_model
+    from toolchain.targets import load_target
+
+    target = load_target(target_name)
+    network, state, path, x = models["cnn_small_bn"]
+    generate_c(network, state, tmp_path / "c", tflite_int8=path, golden_x=x[:6],
+               storage=storage, kernels=target.int8_kernels)
+    result = bench_model(tmp_path / "c", "model", target, tmp_path / "bench",
+                         variants=("int8",), timeout=30)["int8"]
+    assert result["int8_max_abs_diff_q"] == 0 and result["golden_count"] == 6
+    layers = result["layers"]
+    assert [row["kind"] for row in layers] == ["conv", "conv", "fc", "fc"]
+    assert all(row["storage"] == storage and row["instructions"] > 0 for row in layers)
+    total = sum(row["instructions"] for row in layers)
+    assert total <= result["instructions_per_inference"] <= total + 200

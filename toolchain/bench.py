@@ -14,7 +14,10 @@ golden outputs. What is measured, per variant (float, int8):
 - flash and RAM of the size probe (startup + model + buffers; see
   ``firmware.py``), with RAM = data + bss + the peak stack painted-and-measured
   during inference.
-- parity with the golden outputs and top-1 agreement.
+- parity with the golden outputs and top-1 agreement;
+- instructions per operator: the self-test's model is compiled with
+  ``-DVST_PROFILE`` and reads the counter after every kernel call (``VST
+  marks``); each mark adds about 20 instructions to the inference's count.
 
 >>> result = bench_model("build/c", "mnist", load_target("cortex-m4"), "build/fw")  # doctest: +SKIP
 >>> result["float"]["instructions_per_inference"], result["int8"]["fits"]  # doctest: +SKIP
@@ -56,6 +59,7 @@ class QemuRun:
     outputs: np.ndarray                   # (golden count, output size)
     ticks: list[int] = field(default_factory=list)
     stack: list[int] = field(default_factory=list)
+    marks: list[list[int]] = field(default_factory=list)  # per run: ticks at each op's end
     calib: tuple[int, int] = (0, 0)       # (instructions, ticks) of the known loop
     out_qparams: tuple[float, int] | None = None   # int8: output scale, zero point
     log: str = ""
@@ -99,6 +103,7 @@ def parse_output(text: str) -> QemuRun:
                                                      out_size),
                    ticks=[int(f[1]) for f in facts.get("ticks", [])],
                    stack=[int(f[1]) for f in facts.get("stack", [])],
+                   marks=[[int(v) for v in f[1:]] for f in facts.get("marks", [])],
                    calib=(int(calib[0]), int(calib[1])), out_qparams=qparams, log=text)
 
 
@@ -199,6 +204,20 @@ def read_golden(c_dir, name: str) -> dict[str, np.ndarray]:
     return golden
 
 
+def read_ops(c_dir, name: str) -> dict[str, list[dict]]:
+    """The per-operator tables of ``NAME_ops.json`` ({} when absent: older exports)."""
+    path = Path(c_dir) / f"{name}_ops.json"
+    if not path.is_file():
+        return {}
+    try:
+        ops = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VstError(f"{path}: {exc}") from None
+    if not isinstance(ops, dict):
+        raise VstError(f"{path}: expected an object of per-variant operator lists")
+    return ops
+
+
 def _argmax_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
     if len(reference) == 0:
         return 1.0
@@ -231,7 +250,27 @@ def _fits(flash: int | None, ram: int | None, target: Target) -> bool:
     return flash_ok and ram_ok
 
 
-def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray]) -> dict:
+def per_operator(run: QemuRun, ipt: int, ops: list[dict] | None) -> list[dict]:
+    """Instructions of each operator (mean over the golden runs), from the marks
+    the profiled model sets after every kernel call, joined with the generator's
+    per-operator table (``NAME_ops.json``: name, kind, MACs, storage)."""
+    runs = [m for m in run.marks if m]
+    if not runs or any(len(m) != len(runs[0]) for m in runs):
+        return []
+    ends = np.mean(np.array(runs, dtype=np.float64), axis=0)
+    spans = np.diff(np.concatenate([[0.0], ends])) * ipt
+    rows = []
+    for k, instructions in enumerate(spans):
+        row = dict(ops[k]) if ops and k < len(ops) else {"op": k}
+        row["instructions"] = round(float(instructions))
+        if row.get("macs"):
+            row["instructions_per_mac"] = float(instructions) / row["macs"]
+        rows.append(row)
+    return rows
+
+
+def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray],
+            ops: list[dict] | None = None) -> dict:
     """One variant's numbers (sizes in bytes, counts in instructions)."""
     target = fw.target
     result = {"variant": fw.variant, "golden_count": len(run.outputs), "elf": str(fw.elf),
@@ -258,6 +297,7 @@ def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray]) -> d
         "instructions_per_inference": round(float(np.mean(counts))),
         "instructions_per_inference_max": int(max(counts)),
         "instructions_per_tick": ipt, "instructions_per_tick_measured": measured_ipt,
+        "layers": per_operator(run, ipt, ops),
         "counter": COUNTER_NOTE,
         "flash_budget": target.flash_budget, "ram_budget": target.ram_budget,
         "fits": _fits(flash, ram, target),
@@ -279,11 +319,12 @@ def bench_model(c_dir, name: str, target: Target, out_dir, *,
     if "float" not in golden:
         raise VstError("host_outputs needs the 'float' reference outputs")
     results = {"target": target.name, "model": name}
+    ops = read_ops(c_dir, name)
     for variant in variants:
         fw = build_firmware(c_dir, name, target, out_dir / variant, variant=variant, opt=opt)
         run = run_native(fw.elf, timeout=timeout) if target.is_host else \
             run_qemu(fw.elf, target, timeout=timeout)
         write_text(out_dir / variant / "run.log", run.log)
-        results[variant] = measure(fw, run, golden)
+        results[variant] = measure(fw, run, golden, ops.get(variant))
     write_text(out_dir / "bench.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -100,9 +100,10 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
     export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
-                                           cfg.verify.eps, data.sha256()),
+                                           cfg.verify.eps, data.sha256(), target.int8_kernels),
                             [out / "export" / f"{NAME}.onnx"],
-                            lambda: _export(small, data, cfg, out / "export", reverify_res))
+                            lambda: _export(small, data, cfg, out / "export", reverify_res,
+                                            target.int8_kernels))
     progress.say(f"exported: ONNX diff {export_res['onnx_max_abs_diff']:.1e}, int8 agreement "
                  f"{export_res['tflite_int8_agreement']:.1%}")
 
@@ -182,12 +183,12 @@ def _compact(model, data, path: Path) -> dict:
             "note": report["note"]}
 
 
-def _export(small, data, cfg, out: Path, reverify: dict) -> dict:
+def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> dict:
     from toolchain.export.run import run_exports
 
     return run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
                        eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
-                       verified_acc=reverify["verified_acc"])
+                       verified_acc=reverify["verified_acc"], kernels=kernels)
 
 
 def _bench(out: Path, target) -> dict:

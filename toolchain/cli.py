@@ -86,11 +86,12 @@ def targets() -> None:
     from toolchain.display import table
     from toolchain.targets import list_targets
 
-    rows = [(t.name, t.qemu_machine or "native", t.float_abi,
+    rows = [(t.name, t.qemu_machine or "native", t.float_abi, t.int8_kernels,
              _human_bytes(t.flash_budget) if t.flash_budget else "-",
              _human_bytes(t.ram_budget) if t.ram_budget else "-", t.part)
             for t in list_targets()]
-    table(("name", "qemu machine", "float", "flash budget", "ram budget", "typical part"), rows)
+    table(("name", "qemu machine", "float", "int8 kernels", "flash budget", "ram budget",
+           "typical part"), rows)
 
 
 @cli.command()
@@ -235,7 +236,11 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 @click.option("--eps", type=float, help="eps for VNN-LIB properties (default: the model's).")
 @click.option("--name", default="model", show_default=True, help="C identifier of the model.")
 @click.option("--vnnlib-n", type=int, default=100, show_default=True)
-def export(model, formats, out, data, eps, name, vnnlib_n) -> None:
+@click.option("--kernels", type=click.Choice(["dsp", "portable"]), default="dsp",
+              show_default=True,
+              help="int8 C kernels: dsp (SMLAD, for Cortex-M4/M7/M33; exact but slower "
+                   "elsewhere) or portable (plain C, e.g. Cortex-M3).")
+def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     """Export MODEL to ONNX, VNN-LIB, TFLite (float, int8) and C, each checked against it."""
     import json
 
@@ -250,7 +255,7 @@ def export(model, formats, out, data, eps, name, vnnlib_n) -> None:
     dataset = resolve_dataset(vst_model, data)
     eps = eps if eps is not None else (default_eps(vst_model) if "vnnlib" in fmts else 0.0)
     res = run_exports(vst_model, dataset, out, formats=fmts, name=name, eps=eps,
-                      vnnlib_n=vnnlib_n)
+                      vnnlib_n=vnnlib_n, kernels=kernels)
     write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
     rows = [(k, f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in res.items()
             if isinstance(v, (int, float, str)) and k != "formats"]

@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 
+# Width when the output is a file or pipe (logs, CI): wide enough that tables
+# keep every value whole instead of rich's default of 80 columns.
+LOG_WIDTH = 160
+
+
 def console(stderr: bool = False):
+    import sys
+
     from rich.console import Console
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False,
+                   width=None if stream.isatty() else LOG_WIDTH)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:
@@ -15,8 +24,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | No
     from rich.table import Table
 
     tab = Table(title=title, show_edge=False, header_style="bold")
-    for h in headers:
-        tab.add_column(h)
+    for i, h in enumerate(headers):
+        tab.add_column(h, no_wrap=i == 0)   # the first column names the row: never cut it
     for row in rows:
         tab.add_row(*row)
     console().print(tab)

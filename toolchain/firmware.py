@@ -221,15 +221,18 @@ def build_firmware(c_dir, name: str, target: Target, out_dir, *, variant: str = 
     steps = _Steps(out_dir)
     flags = [*target.cflags, opt, "-ffunction-sections", "-fdata-sections"]
     includes = ["-I", "src", "-I", str(c_dir)]
-    model_obj = f"obj/{source.stem}.o"
+    model_obj, profiled_obj = f"obj/{source.stem}.o", f"obj/{source.stem}_profiled.o"
     steps.run([gcc, *flags, *MODEL_WARNINGS, "-fstack-usage", *includes, "-c", str(source),
                "-o", model_obj], f"compiling {source.name} for {target.name}")
+    # The self-test times each operator (VST_MARK calls); the size probe has no marks.
+    steps.run([gcc, *flags, *MODEL_WARNINGS, "-DVST_PROFILE", *includes, "-c", str(source),
+               "-o", profiled_obj], f"compiling {source.name} with operator marks")
     for name_c in ("main.c", "main_probe.c") + ARM_SOURCES:
         steps.run([gcc, *flags, *HARNESS_WARNINGS, *includes, "-c", f"src/{name_c}",
                    "-o", f"obj/{Path(name_c).stem}.o"], f"compiling {name_c}")
-    runtime = [model_obj] + [f"obj/{Path(s).stem}.o" for s in ARM_SOURCES]
-    elf, map_file = _link(steps, gcc, flags, ["obj/main.o", *runtime], "firmware")
-    probe, _ = _link(steps, gcc, flags, ["obj/main_probe.o", *runtime], "probe")
+    port = [f"obj/{Path(s).stem}.o" for s in ARM_SOURCES]
+    elf, map_file = _link(steps, gcc, flags, ["obj/main.o", profiled_obj, *port], "firmware")
+    probe, _ = _link(steps, gcc, flags, ["obj/main_probe.o", model_obj, *port], "probe")
     steps.save()
     return FirmwareBuild(elf=elf, map_file=map_file, target=target, variant=variant,
                          sizes=read_sizes(elf), model_sizes=read_sizes(probe),
@@ -250,7 +253,8 @@ def _build_host(c_dir: Path, name: str, target: Target, out_dir: Path, source: P
     steps = _Steps(out_dir)
     flags, includes = [*target.cflags, opt], ["-I", "src", "-I", str(c_dir)]
     model_obj = f"obj/{source.stem}.o"
-    steps.run([cc, *flags, *MODEL_WARNINGS, *includes, "-c", str(source), "-o", model_obj],
+    steps.run([cc, *flags, *MODEL_WARNINGS, "-DVST_PROFILE", *includes, "-c", str(source),
+               "-o", model_obj],
               f"compiling {source.name} for the host")
     exe = out_dir / "firmware"
     with atomic_path(exe) as tmp:

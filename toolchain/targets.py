@@ -32,6 +32,7 @@ class Target:
     part: str
     cflags: tuple[str, ...]
     float_abi: str
+    dsp: bool                     # DSP extension (SMLAD): picks the int8 kernel family
     qemu_machine: str | None      # None: runs on the host, not in QEMU
     cpu_hz: int
     flash_origin: int
@@ -44,6 +45,11 @@ class Target:
     @property
     def is_host(self) -> bool:
         return self.qemu_machine is None
+
+    @property
+    def int8_kernels(self) -> str:
+        """The int8 kernel family the C generator uses for this target."""
+        return "dsp" if self.dsp else "portable"
 
 
 def _get(table: dict, key: str, typ: type, where: str, default=None):
@@ -71,6 +77,7 @@ def _parse(path: Path) -> Target:
         part=_get(data, "part", str, where, default=""),
         cflags=tuple(_get(cpu, "cflags", list, where)),
         float_abi=_get(cpu, "float_abi", str, where),
+        dsp=_get(cpu, "dsp", bool, where, default=False),
         qemu_machine=qemu.get("machine"),
         cpu_hz=_get(qemu, "cpu_hz", int, where, default=0) if qemu else 0,
         flash_origin=memory.get("flash_origin", 0),

@@ -3,7 +3,8 @@
 ``run_exports(model, data, out_dir, formats=...)`` writes ONNX (+ parity vs
 PyTorch), VNN-LIB properties, TFLite float and int8 (+ parity, int8 agreement,
 LiteRT vs TFLM), and C (TFLM array, standalone float/int8 inference, golden
-vectors). Returns the numbers and the paths relative to ``out_dir.parent``.
+vectors; ``kernels`` is the int8 kernel family, ``dsp`` or ``portable``).
+Returns the numbers and the paths relative to ``out_dir.parent``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist
 
 def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
                 eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
-                verified_acc: float | None = None) -> dict:
+                verified_acc: float | None = None, kernels: str = "dsp") -> dict:
     # TensorFlow's C++ logging (oneDNN notices, absl) is noise for a vst user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     unknown = sorted(set(formats) - set(FORMATS))
@@ -56,7 +57,7 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
         from toolchain.export.c import generate_c
 
         c = generate_c(model.network, model.state, out_dir / "c", name=name,
-                       tflite_int8=tfl["int8"], golden_x=data.x_test[:golden])
+                       tflite_int8=tfl["int8"], golden_x=data.x_test[:golden], kernels=kernels)
         files["c"] = out_dir / "c"
         res["c_dir"] = rel(files["c"])
         res["c"] = {"float": c["float"], "int8": c["int8"], "golden_count": c["golden_count"]}

@@ -8,7 +8,9 @@
   with the constants and arithmetic of TFLite's reference kernels, bit-exact
   with TFLite Micro, ``vst_NAME_int8_infer``;
 - ``NAME_model_data.h`` / ``.c``: the .tflite flatbuffer as an aligned C array;
-- ``NAME_golden.h`` (with ``golden_x``): golden inputs and expected outputs.
+- ``NAME_golden.h`` (with ``golden_x``): golden inputs and expected outputs;
+- ``NAME_ops.json``: per variant, the kernel calls in order (name, kind, MACs,
+  storage): the operator index that ``VST_MARK`` reports when profiling.
 
 All C is C99 (``-std=c99 -Wall -Wextra -Werror -pedantic`` clean), has no
 malloc, keeps weights ``const`` (flash) and activations in static buffers
@@ -23,6 +25,7 @@ whichever is smaller (``storage="auto"``), or as forced.
 
 from __future__ import annotations
 
+import json
 import keyword
 import math
 import re
@@ -98,11 +101,12 @@ def _float(network, state, storage: str, name: str) -> tuple[dict, dict]:
                                  input_layout=float_layout(tuple(network.input_shape)))
     texts = {"h": (f"{name}.h", out["h"]), "c": (f"{name}.c", out["c"])}
     summary = {"arena_bytes": out["arena_bytes"], "weight_bytes": out["weight_bytes"],
-               "layers": float_gen.storage_table(ops, stores)}
+               "layers": float_gen.storage_table(ops, stores),
+               "ops": float_gen.op_table(ops, stores)}
     return texts, summary
 
 
-def _int8(network, path, storage: str, name: str) -> tuple[dict, dict, object, tuple]:
+def _int8(network, path, storage: str, name: str, family: str) -> tuple[dict, dict, object, tuple]:
     graph = read_tflite(path)
     ops, sizes, x_t, y_t = int8_plan(graph)
     if x_t.size != math.prod(network.input_shape) or y_t.size != network.num_classes:
@@ -111,10 +115,11 @@ def _int8(network, path, storage: str, name: str) -> tuple[dict, dict, object, t
     stores = int8_gen.storages(ops, storage)
     out = int8_gen.render_int8(ops, sizes, stores, (x_t, y_t), name=name,
                                banner=_banner(f"int8 inference of {name}, from {Path(path).name}"),
-                               input_layout=int8_layout(x_t.shape))
+                               input_layout=int8_layout(x_t.shape), family=family)
     texts = {"int8_h": (f"{name}_int8.h", out["h"]), "int8_c": (f"{name}_int8.c", out["c"])}
     summary = {"arena_bytes": out["arena_bytes"], "weight_bytes": out["weight_bytes"],
-               "layers": int8_gen.storage_table(ops, stores)}
+               "kernels": family, "layers": int8_gen.storage_table(ops, stores),
+               "ops": int8_gen.op_table(ops, stores)}
     return texts, summary, graph, (x_t, y_t)
 
 
@@ -139,10 +144,13 @@ def _golden(network, state, x: np.ndarray, name: str, graph, io) -> dict:
 
 
 def generate_c(network, state, out_dir, *, name: str = "model", tflite_int8=None,
-               tflite_for_array=None, golden_x=None, storage: str = "auto") -> dict:
+               tflite_for_array=None, golden_x=None, storage: str = "auto",
+               kernels: str = "dsp") -> dict:
     """Write the C files into ``out_dir``; nothing is written unless all of them render.
 
-    ``tflite_for_array`` defaults to ``tflite_int8``. Returns ``files`` (key ->
+    ``tflite_for_array`` defaults to ``tflite_int8``. ``kernels``: the int8
+    kernel family, ``dsp`` (SMLAD; portable C stands in for the intrinsics on
+    cores without the DSP extension, with the same results) or ``portable``. Returns ``files`` (key ->
     path), ``float`` and ``int8`` (``arena_bytes``, ``weight_bytes``,
     ``layers``: per weighted layer its storage, ``dense_bytes``,
     ``sparse_bytes``, ``nnz``; ``int8`` is None without a model) and
@@ -156,13 +164,17 @@ def generate_c(network, state, out_dir, *, name: str = "model", tflite_int8=None
     result = {"float": float_summary, "int8": None, "golden_count": 0 if x is None else len(x)}
     graph = io = None
     if tflite_int8 is not None:
-        int8_texts, result["int8"], graph, io = _int8(network, tflite_int8, storage, name)
+        int8_texts, result["int8"], graph, io = _int8(network, tflite_int8, storage, name,
+                                                      kernels)
         texts.update(int8_texts)
     array_source = tflite_for_array if tflite_for_array is not None else tflite_int8
     if array_source is not None:
         texts.update(_model_data(array_source, name))
     if x is not None:
         texts.update(_golden(network, state, x, name, graph, io))
+    ops = {"generated_by": f"vst {__version__}"}
+    ops.update({v: result[v]["ops"] for v in ("float", "int8") if result[v]})
+    texts["ops"] = (f"{name}_ops.json", json.dumps(ops, indent=1) + "\n")
     result["files"] = {}
     for key, (filename, text) in texts.items():
         write_text(Path(out_dir) / filename, text)

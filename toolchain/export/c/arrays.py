@@ -124,13 +124,16 @@ def c_values(values, ctype: str, per_line: int = 12, indent: str = "    ") -> st
     return ",\n".join(indent + line for line in lines)
 
 
-def c_array(ctype: str, name: str, values, *, qualifiers: str = "static const") -> str:
-    """A complete C array definition; an empty array gets one 0 (C has no empty arrays)."""
+def c_array(ctype: str, name: str, values, *, qualifiers: str = "static const",
+            align: int = 0) -> str:
+    """A complete C array definition; an empty array gets one 0 (C has no empty arrays).
+    ``align``: bytes of alignment through the generated file's ``VST_ALIGN`` macro."""
     flat = np.asarray(values).ravel()
     if flat.size == 0:
         flat = np.zeros(1, dtype=np.int64)
     body = c_values(flat, ctype)
-    return f"{qualifiers} {ctype} {name}[{flat.size}] = {{\n{body}\n}};"
+    aligned = f" VST_ALIGN({align})" if align else ""
+    return f"{qualifiers} {ctype} {name}[{flat.size}]{aligned} = {{\n{body}\n}};"
 
 
 def array_bytes(values, ctype: str) -> int:

@@ -15,7 +15,7 @@ outputs agree to float rounding (about 1e-6 relative), not bit for bit.
 from __future__ import annotations
 
 from toolchain.export.c.arrays import Storage, array_bytes, c_array
-from toolchain.export.c.plan import FloatOp
+from toolchain.export.c.plan import FloatOp, op_row
 from toolchain.export.c.template import kernels, render
 
 KERNELS = "float_kernels.c.in"
@@ -78,14 +78,14 @@ def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, St
                  banner: str, name: str, input_size: int, input_layout: str) -> dict:
     """``{"h": text, "c": text, "arena_bytes": n, "weight_bytes": n}``."""
     defs, sections, calls, weight_bytes = [], [], [], 0
-    for op in ops:
+    for k, op in enumerate(ops):
         if op.weight is not None:
             d, s, call, size = _weighted(op, stores[op.layer])
         else:
             d, s, call, size = _elementwise(op)
         defs += d
         sections += s
-        calls.append(f"    {call}")
+        calls.append(f"    {call}\n    VST_MARK({k});")
         weight_bytes += size
     buffers = [f"static float {buf}[{n}];" for buf, n in sizes.items() if n > 0]
     arena = 4 * sum(sizes.values())
@@ -97,6 +97,13 @@ def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, St
                     constants="\n".join(defs), buffers="\n".join(buffers),
                     calls="\n".join(calls))
     return {"h": header, "c": source, "arena_bytes": arena, "weight_bytes": weight_bytes}
+
+
+def op_table(ops: list[FloatOp], stores: dict[int, Storage]) -> list[dict]:
+    """Per kernel call, in call order (the index ``VST_MARK`` reports)."""
+    return [op_row(k, f"{op.layer}:{op.kind}", op.kind, op.weight, op.geom,
+                   stores[op.layer].kind if op.weight is not None else None)
+            for k, op in enumerate(ops)]
 
 
 def storage_table(ops: list[FloatOp], stores: dict[int, Storage]) -> list[dict]:

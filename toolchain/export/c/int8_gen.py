@@ -1,71 +1,125 @@
 """Render the int8 plan (``int8_plan.py``) as ``NAME_int8.h`` / ``NAME_int8.c``.
 
-The kernels (``templates/int8_kernels.c.in``) follow TFLite's reference int8
-kernels: int32 accumulators of ``w * (x - input_zero_point)``, plus the bias,
-scaled per output channel by a Q31 multiplier and a shift with gemmlowp's
+The kernels (``templates/int8_kernels.c.in``) compute what TFLite's reference
+int8 kernels compute: int32 sums of ``w * (x - input_zero_point)`` plus the
+bias, scaled per output channel by a Q31 multiplier and a shift with gemmlowp's
 rounding, plus the output zero point, clamped to the fused activation range.
-Integer sums are exact, so dense and sparse (CSR) storage give the same bits,
-and both equal TFLite Micro's outputs.
+They get there faster: the zero point is folded into the bias here (exact in
+integers), inputs are unpacked to int16 once (im2col for convolutions), and
+the MACs run in register tiles: two at a time with SMLAD on cores with the DSP
+extension (family ``dsp``), one multiply-accumulate each elsewhere
+(``portable``). Integer sums are exact, so every family and storage (dense,
+CSR) gives the same bits, and all equal TFLite Micro's outputs.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from toolchain.errors import VstError
 from toolchain.export.c.arrays import Storage, array_bytes, c_array, float_literal
 from toolchain.export.c.int8_plan import QOp
+from toolchain.export.c.plan import op_row
 from toolchain.export.c.template import kernels, render
 from toolchain.export.c.tflite_graph import Tensor
 
 KERNELS = "int8_kernels.c.in"
+FAMILIES = ("dsp", "portable")   # with the Armv7E-M DSP extension (SMLAD) or plain C
+INT32_LIMIT = 2 ** 31
+
+
+def operand_slots(cols: int) -> tuple[int, np.ndarray]:
+    """``(kp, slot)``: a weight row of ``cols`` taps padded to ``kp`` (a multiple
+    of 8: the DSP loops take two groups a pass), and the operand position of each tap in the kernels' int16 order
+    (groups of four stored as t0, t2, t1, t3; see ``vst_widen``). The order swaps
+    bits 0 and 1 of the position, so applying it twice is the identity.
+
+    >>> operand_slots(6)[1].tolist()
+    [0, 2, 1, 3, 4, 6, 5, 7]
+    """
+    kp = -(-cols // 8) * 8
+    k = np.arange(kp)
+    return kp, (k & ~3) | ((k & 1) << 1) | ((k >> 1) & 1)
+
+
+def kernel_weights(op: QOp) -> np.ndarray:
+    """The weight matrix padded to ``kp`` columns, in operand order: the layout of
+    the portable dense kernels and the positions the CSR column indices name."""
+    rows, cols = op.weight.shape
+    kp, slot = operand_slots(cols)
+    padded = np.zeros((rows, kp), dtype=np.int8)
+    padded[:, :cols] = op.weight
+    return padded[:, slot]
+
+
+def folded_bias(op: QOp) -> np.ndarray:
+    """bias + in_offset * sum(w) per row: TFLite's sum of w * (x + in_offset)
+    becomes a sum of w * x with no offset per MAC (exact in integers). Every
+    partial sum of the kernels must fit int32; VstError where it might not."""
+    w = op.weight.astype(np.int64)
+    bias = op.bias.astype(np.int64) + op.in_offset * w.sum(axis=1)
+    bound = np.abs(bias) + 128 * np.abs(w).sum(axis=1)
+    if np.any(bound >= INT32_LIMIT):
+        raise VstError(f"tflite: {op.name} #{op.index}: int32 accumulators could overflow")
+    return bias
 
 
 def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
     """The weight storage of each conv / fc op, keyed by its operator index."""
-    return {op.index: Storage.of(op.weight, mode) for op in ops if op.weight is not None}
+    return {op.index: Storage.of(kernel_weights(op), mode) for op in ops if op.weight is not None}
 
 
 def _requant_defs(op: QOp, tag: str) -> tuple[list[str], int]:
-    defs = [c_array("int32_t", f"{tag}_b", op.bias),
+    bias = folded_bias(op)
+    defs = [c_array("int32_t", f"{tag}_b", bias),
             c_array("int32_t", f"{tag}_mult", op.mult),
             c_array("int8_t", f"{tag}_shift", op.shift),
-            f"static const vst_requant {tag}_q = {{{op.in_offset}, {op.out_offset}, "
+            f"static const vst_requant {tag}_q = {{{-op.in_offset}, {op.out_offset}, "
             f"{op.act[0]}, {op.act[1]}, {tag}_mult, {tag}_shift}};"]
     size = sum(array_bytes(a, t) for a, t in
-               ((op.bias, "int32_t"), (op.mult, "int32_t"), (op.shift, "int8_t")))
+               ((bias, "int32_t"), (op.mult, "int32_t"), (op.shift, "int8_t")))
     return defs, size
 
 
-def _weighted(op: QOp, storage: Storage, tag: str) -> tuple[list[str], list, str, int]:
+def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, list, str, int]:
+    """Constant definitions, kernel sections, the call, constant bytes and int16
+    scratch elements of one conv / fc op."""
     conv = op.kind == "conv"
+    kp = storage.matrix.shape[1]
     defs, size = _requant_defs(op, tag)
-    sections = [("requant", {})] + ([("geom", {})] if conv else [])
+    sections = [("base", {}), ("requant", {}), ("widen", {})]
+    sections += [("simd", {})] if family == "dsp" else []
+    sections += [("geom", {}), ("im2col", {})] if conv else []
+    kind = "conv" if conv else "fc"
     if storage.kind == "dense":
-        defs.insert(0, c_array("int8_t", f"{tag}_w", storage.matrix))
+        # DSP kernels unpack natural-order words with SXTB16 into operand order;
+        # the portable ones read the operand order directly.
+        _, slot = operand_slots(kp)
+        matrix = storage.matrix[:, slot] if family == "dsp" else storage.matrix
+        defs.insert(0, c_array("int8_t", f"{tag}_w", matrix, align=4))
         size += storage.bytes
-        sections.append(("conv_dense" if conv else "fc_dense", {}))
-        args = f"{tag}_w"
-        fn = "vst_conv_dense" if conv else "vst_fc_dense"
+        sections.append((f"{kind}_{family}", {}))
+        fn, args = f"vst_{kind}_{family}", f"{tag}_w"
     else:
         itype = storage.index_ctype[:-2]
         defs[:0] = [c_array("int8_t", f"{tag}_val", storage.values),
-                    c_array(storage.index_ctype, f"{tag}_col", storage.cols),
+                    c_array(storage.index_ctype, f"{tag}_pos", storage.cols),
                     c_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
-        size += (array_bytes(storage.values, "int8_t")
-                 + array_bytes(storage.cols, storage.index_ctype)
-                 + array_bytes(storage.row_ptr, storage.index_ctype))
-        sections += [("range", {})] if conv else []
-        sections.append(("conv_sparse" if conv else "fc_sparse", {"itype": itype}))
-        args = f"{tag}_val, {tag}_col, {tag}_row"
-        fn = f"vst_{'conv' if conv else 'fc'}_sparse_{itype}"
+        size += storage.bytes
+        sections.append((f"{kind}_sparse", {"itype": itype}))
+        fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
+    tail = f"{tag}_b, &{tag}_q, vst_col, {op.src}, {op.dst}"
     if conv:
         defs.insert(0, f"static const vst_conv_geom {tag}_geom = "
                        f"{{{', '.join(str(v) for v in op.geom.fields())}}};")
-        scratch = ", scratch" if storage.kind == "sparse" else ""
-        call = f"{fn}(&{tag}_geom, {args}, {tag}_b, &{tag}_q{scratch}, {op.src}, {op.dst});"
+        call = f"{fn}(&{tag}_geom, {kp}, {args}, {tail});"
+        scratch = (4 if storage.kind == "sparse" else 2) * kp
     else:
-        dims = f"{op.weight.shape[1]}, " if storage.kind == "dense" else ""
-        call = f"{fn}({dims}{op.weight.shape[0]}, {args}, {tag}_b, &{tag}_q, {op.src}, {op.dst});"
-    defs.insert(0, f"/* operator {op.index}: {op.name}, {storage.describe()} */")
-    return defs, sections, call, size
+        call = f"{fn}({op.weight.shape[1]}, {kp}, {op.weight.shape[0]}, {args}, {tail});"
+        scratch = kp
+    defs.insert(0, f"/* operator {op.index}: {op.name}, {storage.describe()}, "
+                   f"{family if storage.kind == 'dense' else 'sparse'} kernel */")
+    return defs, sections, call, size, scratch
 
 
 def _data_op(op: QOp, tag: str) -> tuple[list[str], list, str, int]:
@@ -80,25 +134,28 @@ def _data_op(op: QOp, tag: str) -> tuple[list[str], list, str, int]:
 
 def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage],
                 io: tuple[Tensor, Tensor], *, banner: str, name: str,
-                input_layout: str) -> dict:
-    """``{"h": text, "c": text, "arena_bytes": n, "weight_bytes": n}``."""
+                input_layout: str, family: str = "dsp") -> dict:
+    """``{"h": text, "c": text, "arena_bytes": n, "weight_bytes": n}``; ``family``
+    is the dense kernel family (``FAMILIES``)."""
+    if family not in FAMILIES:
+        raise VstError(f"unknown int8 kernel family {family!r}; choose {', '.join(FAMILIES)}")
     defs, sections, calls, weight_bytes, scratch = [], [], [], 0, 0
-    for op in ops:
+    for k, op in enumerate(ops):
         tag = f"op{op.index}"
         if op.weight is not None:
-            d, s, call, size = _weighted(op, stores[op.index], tag)
-            if op.kind == "conv" and stores[op.index].kind == "sparse":
-                scratch = max(scratch, op.geom.oh * op.geom.ow)
+            d, s, call, size, need = _weighted(op, stores[op.index], tag, family)
+            scratch = max(scratch, need)
         else:
             d, s, call, size = _data_op(op, tag)
         defs += d
         sections += s
-        calls.append(f"    {call}")
+        calls.append(f"    {call}\n    VST_MARK({k});")
         weight_bytes += size
-    buffers = [f"static int8_t {buf}[{n}];" for buf, n in sizes.items() if n > 0]
+    buffers = [f"static int8_t {buf}[{n}] VST_ALIGN(4);" for buf, n in sizes.items() if n > 0]
     if scratch:
-        buffers.append(f"static int32_t scratch[{scratch}];  /* one sparse conv output channel */")
-    arena = sum(sizes.values()) + 4 * scratch
+        buffers.append(f"static int16_t vst_col[{scratch}] VST_ALIGN(4);  "
+                       "/* int16 operands (im2col) */")
+    arena = sum(sizes.values()) + 2 * scratch
     x, y = io
     values = dict(banner=banner, name=name, NAME=name.upper(), input_size=x.size,
                   output_size=y.size, input_layout=input_layout,
@@ -106,10 +163,18 @@ def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage
                   output_scale=float_literal(y.scale), output_zero_point=y.zero_point,
                   arena_bytes=arena, weight_bytes=weight_bytes)
     return {"h": render("int8.h.in", **values),
-            "c": render("int8.c.in", **values, kernels=kernels(KERNELS, sections),
+            "c": render("int8.c.in", **values,
+                        kernels=kernels(KERNELS, [("base", {})] + sections),
                         constants="\n".join(defs), buffers="\n".join(buffers),
                         calls="\n".join(calls)),
             "arena_bytes": arena, "weight_bytes": weight_bytes}
+
+
+def op_table(ops: list[QOp], stores: dict[int, Storage]) -> list[dict]:
+    """Per kernel call, in call order (the index ``VST_MARK`` reports)."""
+    return [op_row(k, f"{op.index}:{op.name}", op.kind, op.weight, op.geom,
+                   stores[op.index].kind if op.weight is not None else None)
+            for k, op in enumerate(ops)]
 
 
 def storage_table(ops: list[QOp], stores: dict[int, Storage]) -> list[dict]:

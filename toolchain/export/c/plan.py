@@ -165,6 +165,14 @@ def ping_pong(ops) -> dict[str, int]:
     return sizes
 
 
+def op_row(k: int, name: str, kind: str, weight, geom: ConvGeom | None,
+           storage: str | None) -> dict:
+    """One row of the per-operator table of a generated inference (float or int8):
+    its call index ``k``, what it computes, its MACs and its weight storage."""
+    macs = 0 if weight is None else weight.size * (geom.oh * geom.ow if geom else 1)
+    return {"op": k, "name": name, "kind": kind, "macs": int(macs), "storage": storage}
+
+
 def float_plan(network: L.Network, state: dict) -> tuple[list[FloatOp], dict[str, int]]:
     """The ops of ``network`` and the float count of each ping-pong buffer."""
     ops = _ops(network, _numpy(state))
