@@ -93,6 +93,14 @@ def test_build_writes_everything(built):
         assert 0.0 <= summary["verify"][frac] <= 1.0
     assert "vst build" in (out / "report.html").read_text()
     assert (out / "plots" / "verify.png").stat().st_size > 5000
+    # DSP kernels on cortex-m4, bit-exact, timed per operator, in the report too
+    assert summary["export"]["c"]["int8"]["kernels"] == "dsp"
+    assert t["int8_parity_max_steps"] == 0
+    layers = t["variants"]["int8"]["layers"]
+    assert [op["kind"] for op in layers] == ["conv", "conv", "fc", "fc"]
+    assert sum(op["instructions"] for op in layers) <= t["instructions_per_inference"]
+    report = (out / "report.md").read_text()
+    assert f"int8 {layers[0]['name']} (" in report and "per MAC" in report
 
 
 def test_unchanged_inputs_are_skipped_and_gate_fails(built):

@@ -375,3 +375,17 @@ def test_kernels_on_the_target_reproduce_tflite_micro(models, tmp_path, target_n
     assert all(row["storage"] == storage and row["instructions"] > 0 for row in layers)
     total = sum(row["instructions"] for row in layers)
     assert total <= result["instructions_per_inference"] <= total + 200
+
+
+def test_auto_storage_takes_csr_only_where_it_is_smaller_and_faster():
+    from toolchain.export.c.arrays import Storage
+    from toolchain.export.c.int8_gen import SPARSE_BELOW
+
+    matrix = np.zeros((8, 64), np.int8)
+    matrix[:, :16] = 1                                   # density 0.25, CSR is smaller
+    assert Storage.of(matrix, "auto").kind == "sparse"
+    assert Storage.of(matrix, "auto", sparse_below=0.2).kind == "dense"
+    assert Storage.of(matrix, "sparse", sparse_below=0.2).kind == "sparse"
+    assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "sparse"
+    matrix[:, :24] = 1                                   # density 0.375: dense kernels win
+    assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "dense"

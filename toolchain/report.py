@@ -65,8 +65,29 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
              _num(t["instructions_per_inference"])),
             ("float parity: max abs diff vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
             ("int8 parity: max diff vs TFLM (steps)", _num(t.get("int8_parity_max_steps"))),
-            ("top-1 agreement on golden vectors", _pct(t["top1_agreement"]))],
+            ("top-1 agreement on golden vectors", _pct(t["top1_agreement"])),
+            ("int8 kernels", str(((e.get("c") or {}).get("int8") or {}).get("kernels", "-"))),
+            *_layer_rows(t.get("variants") or {}, e.get("c") or {})],
     }
+
+
+def _layer_rows(variants: dict, c: dict) -> list[tuple[str, str]]:
+    """Per operator of each measured variant: instructions, per MAC, weight bytes."""
+    rows = []
+    for variant in ("float", "int8"):
+        measured = variants.get(variant) if isinstance(variants.get(variant), dict) else {}
+        weights = {layer["layer"]: layer for layer in (c.get(variant) or {}).get("layers", [])}
+        for op in measured.get("layers") or []:
+            stored = weights.get(op.get("name"), {})
+            size = stored.get("sparse_bytes" if stored.get("storage") == "sparse"
+                              else "dense_bytes")
+            per_mac = (f", {op['instructions_per_mac']:.2f} per MAC"
+                       if op.get("instructions_per_mac") else "")
+            rows.append((f"{variant} {op.get('name', op['op'])} ({op.get('storage') or '-'})",
+                         f"{op['instructions']:,} instructions{per_mac}"
+                         + (f", {op['macs']:,} MACs" if op.get("macs") else "")
+                         + (f", weights {size:,} B" if size else "")))
+    return rows
 
 
 def _c_rows(c: dict) -> list[tuple[str, str]]:

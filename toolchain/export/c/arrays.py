@@ -53,9 +53,10 @@ class Storage:
     index_bytes: int
 
     @classmethod
-    def of(cls, matrix: np.ndarray, mode: str = "auto") -> "Storage":
+    def of(cls, matrix: np.ndarray, mode: str = "auto", sparse_below: float = 1.0) -> "Storage":
         """Build both layouts of ``matrix`` and keep the one ``mode`` asks for
-        ("auto": fewer bytes; a tie stays dense)."""
+        ("auto": CSR where it takes fewer bytes and the density is below
+        ``sparse_below``, where CSR kernels also run faster; a tie stays dense)."""
         if mode not in STORAGE_MODES:
             raise VstError(f"unknown weight storage {mode!r}; choose {', '.join(STORAGE_MODES)}")
         rows, cols_n = matrix.shape
@@ -64,8 +65,10 @@ class Storage:
         cols = np.nonzero(mask)[1].astype(np.int64)
         ctype, size = index_type(max(int(row_ptr[-1]), cols_n - 1, 0))
         probe = cls("dense", matrix, row_ptr, cols, matrix[mask], ctype, size)
+        density = probe.nnz / max(matrix.size, 1)
         kind = mode if mode != "auto" else (
-            "sparse" if probe.sparse_bytes < probe.dense_bytes else "dense")
+            "sparse" if probe.sparse_bytes < probe.dense_bytes and density < sparse_below
+            else "dense")
         return cls(kind, matrix, row_ptr, cols, matrix[mask], ctype, size)
 
     @property

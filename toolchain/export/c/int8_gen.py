@@ -64,9 +64,19 @@ def folded_bias(op: QOp) -> np.ndarray:
     return bias
 
 
+# Weight density below which the CSR kernels beat the dense ones, measured with
+# benchmarks/mcu.py on cortex-m4 (default model): CSR was slower than the dense
+# SMLAD kernels at 33% (first conv, 4.71 vs 4.35 instructions per MAC) and 40%
+# (second conv, 2.18 vs 1.86); at 10% it was 3.4x (conv) and 3.9x (fc) faster.
+# "auto" storage takes CSR only below these densities (and where it is smaller).
+SPARSE_BELOW = {"conv": 0.3, "fc": 0.35}
+
+
 def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
-    """The weight storage of each conv / fc op, keyed by its operator index."""
-    return {op.index: Storage.of(kernel_weights(op), mode) for op in ops if op.weight is not None}
+    """The weight storage of each conv / fc op, keyed by its operator index: in
+    ``auto`` mode CSR where it is both smaller and (by SPARSE_BELOW) faster."""
+    return {op.index: Storage.of(kernel_weights(op), mode, sparse_below=SPARSE_BELOW[op.kind])
+            for op in ops if op.weight is not None}
 
 
 def _requant_defs(op: QOp, tag: str) -> tuple[list[str], int]:
