@@ -389,3 +389,63 @@ def test_auto_storage_takes_csr_only_where_it_is_smaller_and_faster():
     assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "sparse"
     matrix[:, :24] = 1                                   # density 0.375: dense kernels win
     assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "dense"
+
+
+def _tflite_requantize(acc: int, mult: int, shift: int, offset: int, lo: int, hi: int) -> int:
+    """TFLite's MultiplyByQuantizedMultiplier (gemmlowp's two roundings), in Python."""
+    left, right = max(shift, 0), max(-shift, 0)
+    x = ((acc << left) + 2 ** 31) % 2 ** 32 - 2 ** 31          # int32 wrap, as in C
+    ab = x * mult
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    high = abs(ab + nudge) // 2 ** 31 * (1 if ab + nudge >= 0 else -1)   # truncating division
+    mask = (1 << right) - 1
+    threshold = (mask >> 1) + (1 if high < 0 else 0)
+    v = (high >> right) + (1 if (high & mask) > threshold else 0) + offset
+    return min(max(v, lo), hi)
+
+
+@pytest.mark.parametrize("all_right", [0, 1])
+def test_requantization_equals_tflite_on_random_values(tmp_path, all_right):
+    """Both paths of vst_requantize (the short one for right shifts and the
+    general one) against TFLite's arithmetic, on random accumulators,
+    multipliers and shifts, with a ReLU clamp and with the full int8 range."""
+    from toolchain.export.c.template import kernels
+
+    rng = np.random.default_rng(7 + all_right)
+    n = 4000
+    mult = rng.integers(1 << 30, 1 << 31, n)
+    shift = rng.integers(-20, 0, n) if all_right else rng.integers(-20, 4, n)
+    acc = rng.integers(-(1 << 29), 1 << 29, n) >> rng.integers(0, 28, n)
+    code = kernels("int8_kernels.c.in", [("base", {}), ("requant", {})])
+    cases = []
+    for lo, hi, offset in ((-128, 127, -3), (-20, 127, -20)):
+        arrays = "\n".join(f"static const {t} {name}[{n}] = {{{', '.join(map(str, v))}}};"
+                           for t, name, v in (("int32_t", "mult", mult), ("int8_t", "shift", shift),
+                                              ("int32_t", "acc", acc)))
+        cases.append((lo, hi, offset, arrays))
+    for k, (lo, hi, offset, arrays) in enumerate(cases):
+        source = tmp_path / f"rq{k}.c"
+        source.write_text(f"""#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+{code}
+{arrays}
+int main(void)
+{{
+    static const vst_requant q = {{0, {offset}, {lo}, {hi}, {all_right}, mult, shift}};
+    int i;
+    for (i = 0; i < {n}; ++i) {{
+        printf("%d\\n", vst_requantize(acc[i], &q, i));
+    }}
+    return 0;
+}}
+""")
+        binary = tmp_path / f"rq{k}"
+        subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", str(source),
+                        "-o", str(binary)], check=True)
+        got = [int(v) for v in subprocess.run([str(binary)], capture_output=True, text=True,
+                                              check=True).stdout.split()]
+        expected = [_tflite_requantize(int(a), int(m), int(s), offset, lo, hi)
+                    for a, m, s in zip(acc, mult, shift)]
+        assert got == expected
+        assert len(set(expected)) > 50

@@ -79,21 +79,29 @@ def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
             for op in ops if op.weight is not None}
 
 
+def all_right(op: QOp, bias: np.ndarray) -> bool:
+    """Whether the short requantization path of ``vst_requantize`` is exact for
+    this op: every shift is a right shift by at least one bit and every
+    accumulator stays below 2^30 in magnitude."""
+    bound = np.abs(bias) + 128 * np.abs(op.weight.astype(np.int64)).sum(axis=1)
+    return bool(np.all(op.shift <= -1) and np.all(bound < INT32_LIMIT // 2))
+
+
 def _requant_defs(op: QOp, tag: str) -> tuple[list[str], int]:
     bias = folded_bias(op)
     defs = [c_array("int32_t", f"{tag}_b", bias),
             c_array("int32_t", f"{tag}_mult", op.mult),
             c_array("int8_t", f"{tag}_shift", op.shift),
             f"static const vst_requant {tag}_q = {{{-op.in_offset}, {op.out_offset}, "
-            f"{op.act[0]}, {op.act[1]}, {tag}_mult, {tag}_shift}};"]
+            f"{op.act[0]}, {op.act[1]}, {int(all_right(op, bias))}, {tag}_mult, {tag}_shift}};"]
     size = sum(array_bytes(a, t) for a, t in
                ((bias, "int32_t"), (op.mult, "int32_t"), (op.shift, "int8_t")))
     return defs, size
 
 
 def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, list, str, int]:
-    """Constant definitions, kernel sections, the call, constant bytes and int16
-    scratch elements of one conv / fc op."""
+    """Constant definitions, kernel sections, the call, constant bytes and the
+    scratch it needs (int16 operands, int8 bytes of one border row) of one op."""
     conv = op.kind == "conv"
     kp = storage.matrix.shape[1]
     defs, size = _requant_defs(op, tag)
@@ -118,15 +126,16 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
         size += storage.bytes
         sections.append((f"{kind}_sparse", {"itype": itype}))
         fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
-    tail = f"{tag}_b, &{tag}_q, vst_col, {op.src}, {op.dst}"
     if conv:
         defs.insert(0, f"static const vst_conv_geom {tag}_geom = "
                        f"{{{', '.join(str(v) for v in op.geom.fields())}}};")
-        call = f"{fn}(&{tag}_geom, {kp}, {args}, {tail});"
-        scratch = (4 if storage.kind == "sparse" else 2) * kp
+        call = (f"{fn}(&{tag}_geom, {kp}, {args}, {tag}_b, &{tag}_q, vst_col, vst_row, "
+                f"{op.src}, {op.dst});")
+        scratch = ((4 if storage.kind == "sparse" else 2) * kp, op.geom.kw * op.geom.c)
     else:
-        call = f"{fn}({op.weight.shape[1]}, {kp}, {op.weight.shape[0]}, {args}, {tail});"
-        scratch = kp
+        call = (f"{fn}({op.weight.shape[1]}, {kp}, {op.weight.shape[0]}, {args}, {tag}_b, "
+                f"&{tag}_q, vst_col, {op.src}, {op.dst});")
+        scratch = (kp, 0)
     defs.insert(0, f"/* operator {op.index}: {op.name}, {storage.describe()}, "
                    f"{family if storage.kind == 'dense' else 'sparse'} kernel */")
     return defs, sections, call, size, scratch
@@ -149,12 +158,12 @@ def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage
     is the dense kernel family (``FAMILIES``)."""
     if family not in FAMILIES:
         raise VstError(f"unknown int8 kernel family {family!r}; choose {', '.join(FAMILIES)}")
-    defs, sections, calls, weight_bytes, scratch = [], [], [], 0, 0
+    defs, sections, calls, weight_bytes, scratch, row = [], [], [], 0, 0, 0
     for k, op in enumerate(ops):
         tag = f"op{op.index}"
         if op.weight is not None:
-            d, s, call, size, need = _weighted(op, stores[op.index], tag, family)
-            scratch = max(scratch, need)
+            d, s, call, size, (need, need_row) = _weighted(op, stores[op.index], tag, family)
+            scratch, row = max(scratch, need), max(row, need_row)
         else:
             d, s, call, size = _data_op(op, tag)
         defs += d
@@ -165,7 +174,9 @@ def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage
     if scratch:
         buffers.append(f"static int16_t vst_col[{scratch}] VST_ALIGN(4);  "
                        "/* int16 operands (im2col) */")
-    arena = sum(sizes.values()) + 2 * scratch
+    if row:
+        buffers.append(f"static int8_t vst_row[{row}];  /* one kernel row at the border */")
+    arena = sum(sizes.values()) + 2 * scratch + row
     x, y = io
     values = dict(banner=banner, name=name, NAME=name.upper(), input_size=x.size,
                   output_size=y.size, input_layout=input_layout,
