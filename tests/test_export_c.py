@@ -3,7 +3,10 @@
 Models: mlp, cnn_small with BatchNorm (random running statistics, folded at
 generation), conv1d; each dense and with 90% of every weight matrix masked to
 zero (unstructured 10% density, the case sparse storage exists for), trained
-for a moment so the logits depend on the input.
+for a moment so the logits depend on the input. Small hand-made networks hit
+the edges of the kernels' tiles: channel and pixel counts that are not
+multiples of four, stride 2 with padding, 1x1 and border-heavy convolutions,
+Conv1d, Normalize first, fully connected widths that leave 4 and 1 rows.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from conftest import require_tools
 from toolchain.errors import VstError
 from toolchain.export.c import generate_c
 from toolchain.export.c.arrays import Storage, float_literal, index_type
-from toolchain.models.layers import BatchNorm, Linear, Network, ReLU
+from toolchain.export.c.float_gen import PIX
+from toolchain.models.layers import (BatchNorm, Conv1d, Conv2d, Flatten, Linear, Network,
+                                     Normalize, ReLU)
 from toolchain.models.torch_build import build_torch
 from toolchain.models.zoo import build_network
 
@@ -47,13 +52,13 @@ int main(void)
 """
 
 
-def compile_program(out_dir, sources, harness: str, exe: str = "prog") -> str:
+def compile_program(out_dir, sources, harness: str, exe: str = "prog", flags=()) -> str:
     """Compile the harness with the generated ``sources`` using host gcc; the binary path."""
     require_tools("gcc")
     (out_dir / f"{exe}_main.c").write_text(harness)
     binary = out_dir / exe
-    cmd = ["gcc", *CFLAGS, "-I", str(out_dir), str(out_dir / f"{exe}_main.c"),
-           *[str(s) for s in sources], "-o", str(binary)]
+    cmd = ["gcc", *CFLAGS, *flags, "-I", str(out_dir), str(out_dir / f"{exe}_main.c"),
+           *[str(s) for s in sources], "-o", str(binary), "-lm"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return str(binary)
@@ -136,10 +141,61 @@ def trained(arch: str, density: float) -> tuple[Network, dict, np.ndarray]:
     return network, state, data.x_test[:N_SAMPLES]
 
 
-def float_outputs(tmp_path, network, state, x, **kwargs) -> tuple[np.ndarray, dict]:
+def float_outputs(tmp_path, network, state, x, flags=(), **kwargs) -> tuple[np.ndarray, dict]:
     result = generate_c(network, state, tmp_path, **kwargs)
-    binary = compile_program(tmp_path, [result["files"]["c"]], FLOAT_HARNESS)
+    binary = compile_program(tmp_path, [result["files"]["c"]], FLOAT_HARNESS, flags=flags)
     return run_program(binary, x, np.float32, network.num_classes), result
+
+
+# Shapes chosen against the tiles (4 channels x 4 pixels, 8/4/1 output rows).
+EDGE_NETWORKS = {
+    # Normalize first; 3 -> 5 channels, 3x3 stride 2 padding 1: 5x5 = 25 pixels;
+    # a 1x1 conv to 7 channels; fully connected 175 -> 13 (8 + 4 + 1 rows) -> 3.
+    "odd_2d": Network((3, 9, 9), (
+        Normalize((0.5, 0.4, 0.3), (0.25, 0.5, 2.0)), Conv2d(3, 5, 3, 2, 1), ReLU(),
+        Conv2d(5, 7, 1), ReLU(), Flatten(), Linear(175, 13), ReLU(), Linear(13, 3))),
+    # Conv1d, kernel 5 stride 2 padding 2 on 37 samples (19 out), then kernel 3.
+    "odd_1d": Network((2, 37), (
+        Conv1d(2, 6, 5, 2, 2), ReLU(), Conv1d(6, 3, 3, 1, 1), ReLU(), Flatten(),
+        Linear(57, 10))),
+    # Mostly border: 5x5 kernel, stride 3, padding 2 on 8x8 (3x3 out); 2 channels.
+    "border": Network((1, 8, 8), (
+        Conv2d(1, 2, 5, 3, 2), ReLU(), Conv2d(2, 9, 3, 1, 1), ReLU(), Flatten(),
+        Linear(81, 4))),
+}
+
+
+def edge_case(arch: str, density: float) -> tuple[Network, dict, np.ndarray]:
+    network = EDGE_NETWORKS[arch]
+    x = np.random.default_rng(3).standard_normal((16, *network.input_shape)).astype(np.float32)
+    return network, random_state(network, density, seed=5), x
+
+
+@pytest.mark.parametrize("density", [1.0, 0.3])
+@pytest.mark.parametrize("arch", list(EDGE_NETWORKS))
+def test_float_c_edge_geometries_match_pytorch(tmp_path, arch, density):
+    network, state, x = edge_case(arch, density)
+    with torch.no_grad():
+        expected = build_torch(network, state).eval()(torch.from_numpy(x)).numpy()
+    got, _ = float_outputs(tmp_path, network, state, x)
+    assert np.max(np.abs(got - expected)) < 1e-4 * max(1.0, float(np.max(np.abs(expected))))
+    assert np.std(expected) > 0.01
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["mul_add", "fmaf"])
+@pytest.mark.parametrize("arch", list(EDGE_NETWORKS))
+def test_dense_and_sparse_identical_on_edge_geometries(tmp_path, arch, fused):
+    """Also with the fused multiply-add the Cortex-M4 build uses (``fmaf``, here
+    from libm: defining the Arm feature macro selects that branch on the host)."""
+    network, state, x = edge_case(arch, 0.3)
+    flags = ["-D__ARM_FEATURE_FMA=1"] if fused else []
+    outputs = {storage: float_outputs(tmp_path / storage, network, state, x, flags=flags,
+                                      storage=storage)[0]
+               for storage in ("dense", "sparse")}
+    assert np.array_equal(outputs["dense"], outputs["sparse"])
+    with torch.no_grad():
+        expected = build_torch(network, state).eval()(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(outputs["dense"] - expected)) < 1e-4 * max(1.0, np.abs(expected).max())
 
 
 @pytest.mark.parametrize("density", [1.0, 0.1])
@@ -179,18 +235,33 @@ def test_sparse_storage_is_smaller_at_10_percent_density(tmp_path):
     assert int(macros["VST_MODEL_WEIGHT_BYTES"]) == auto["weight_bytes"]
 
 
+def test_auto_storage_takes_csr_only_below_the_break_even_density(tmp_path):
+    network = EDGE_NETWORKS["odd_2d"]
+    kinds = {}
+    for density in (0.2, 0.4, 0.6):
+        layers = generate_c(network, random_state(network, density), tmp_path / str(density),
+                            storage="auto")["float"]["layers"]
+        kinds[density] = [row["storage"] for row in layers]
+    # SPARSE_BELOW: conv 0.5, fully connected 0.33 (CSR is smaller at all three)
+    assert kinds[0.2] == ["sparse"] * 4
+    assert kinds[0.4] == ["sparse", "sparse", "dense", "dense"]
+    assert kinds[0.6] == ["dense"] * 4
+
+
 def test_header_sizes_and_ping_pong_arena(tmp_path):
     network = NETWORKS["cnn_small_bn"][0]()
     result = generate_c(network, random_state(network, 1.0), tmp_path, name="digits")
     macros = header_macros(tmp_path / "digits.h")
     assert macros["VST_DIGITS_INPUT_SIZE"] == "784"
     assert macros["VST_DIGITS_OUTPUT_SIZE"] == "10"
-    # conv1 (4x14x14) and fc1 (16) share buffer A, conv2 (8x7x7) uses B; logits go to output
-    assert int(macros["VST_DIGITS_ARENA_BYTES"]) == 4 * (4 * 14 * 14 + 8 * 7 * 7)
-    assert result["float"]["arena_bytes"] == 4 * (784 + 392)
+    # conv1 (4x14x14) and fc1 (16) share buffer A, conv2 (8x7x7) uses B; logits go
+    # to output; the im2col scratch holds PIX patches of conv2 (4 channels x 4x4 taps)
+    assert int(macros["VST_DIGITS_ARENA_BYTES"]) == 4 * (4 * 14 * 14 + 8 * 7 * 7 + PIX * 64)
+    assert result["float"]["arena_bytes"] == 4 * (784 + 392 + PIX * 64)
     source = (tmp_path / "digits.c").read_text()
     assert "malloc" not in source and "int vst_digits_infer(const float *input" in source
     assert "static const float l0_w[" in source and "static float buf_a[784];" in source
+    assert f"#define VST_PIX {PIX}\n" in source and f"static float patch[{PIX * 64}];" in source
     for key, path in result["files"].items():
         mark = '{\n "generated_by": "vst ' if key == "ops" else "/* generated by vst "
         assert path.read_text().startswith(mark)
