@@ -137,10 +137,10 @@ def aims(rows, target: str) -> list[tuple]:
         out.append(("float instructions per MAC, compacted default",
                     f"<= {AIMS['float_per_mac']}", f"{flt['per_mac']:.2f}"))
     if dense and csr:
-        speed = [(a["name"], a["instructions"] / b["instructions"])
+        speed = [(a["name"], a.get("density") or 0, a["instructions"] / b["instructions"])
                  for a, b in zip(dense["layers"], csr["layers"]) if a.get("macs")]
         out.append(("CSR vs dense int8 per layer at 10% density", f">= {AIMS['csr_speedup']}x",
-                    ", ".join(f"{n} {s:.1f}x" for n, s in speed)))
+                    ", ".join(f"{n} (density {d:.2f}) {s:.1f}x" for n, d, s in speed)))
     return out
 
 

@@ -168,9 +168,12 @@ def ping_pong(ops) -> dict[str, int]:
 def op_row(k: int, name: str, kind: str, weight, geom: ConvGeom | None,
            storage: str | None) -> dict:
     """One row of the per-operator table of a generated inference (float or int8):
-    its call index ``k``, what it computes, its MACs and its weight storage."""
+    its call index ``k``, what it computes, its MACs, its weight storage and the
+    fraction of its weights that are nonzero."""
     macs = 0 if weight is None else weight.size * (geom.oh * geom.ow if geom else 1)
-    return {"op": k, "name": name, "kind": kind, "macs": int(macs), "storage": storage}
+    density = None if weight is None else float(np.count_nonzero(weight) / max(weight.size, 1))
+    return {"op": k, "name": name, "kind": kind, "macs": int(macs), "storage": storage,
+            "density": density}
 
 
 def float_plan(network: L.Network, state: dict) -> tuple[list[FloatOp], dict[str, int]]:
