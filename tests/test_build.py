@@ -101,6 +101,12 @@ def test_build_writes_everything(built):
     assert sum(op["instructions"] for op in layers) <= t["instructions_per_inference"]
     report = (out / "report.md").read_text()
     assert f"int8 {layers[0]['name']} (" in report and "per MAC" in report
+    # the int8 network as flashed has its own certificate, naming the .tflite and C
+    cert = json.loads((out / "certificate_int8.json").read_text())
+    assert cert["format"] == "vst-certificate-int8" and cert["c_source"]["sha256"]
+    assert cert["results"][0]["verified_acc"] == summary["verify"]["int8_verified_acc"]
+    assert 0.0 <= summary["verify"]["int8_verified_acc"] <= summary["export"]["int8_acc"]
+    assert "int8 network as flashed" in report
 
 
 def test_unchanged_inputs_are_skipped_and_gate_fails(built):

@@ -1,6 +1,6 @@
 """``vst build``: every stage chained, with a skip for stages whose inputs did not change.
 
-    train -> verify -> compact -> re-verify -> export -> bench -> report
+    train -> verify -> compact -> re-verify -> export -> verify int8 -> bench -> report
 
 Each stage has a key (a hash of what it reads: config section, input model
 hash, target). ``BUILD_DIR/.vst-stages.json`` remembers each stage's key and
@@ -107,6 +107,16 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
     progress.say(f"exported: ONNX diff {export_res['onnx_max_abs_diff']:.1e}, int8 agreement "
                  f"{export_res['tflite_int8_agreement']:.1%}")
 
+    int8_res = None
+    if export_res.get("tflite_int8"):
+        tflite = out / export_res["tflite_int8"]
+        int8_res = stages.run("verify_int8", _key(__version__, _sha256(tflite), cfg.verify.eps,
+                                                  cfg.verify.n, data.sha256()),
+                              [out / "certificate_int8.json"],
+                              lambda: _verify_int8(tflite, data, cfg, out))
+        progress.say(f"verified (int8, as flashed): {int8_res['verified_acc']:.1%} "
+                     f"at eps={cfg.verify.eps}")
+
     bench_res = None
     if not bench:
         progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
@@ -117,6 +127,9 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
                                lambda: _bench(out, target))
     summary = _summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
                        export_res, bench_res, time.perf_counter() - t0, stages)
+    summary["verify"]["int8_verified_acc"] = int8_res["verified_acc"] if int8_res else None
+    if int8_res:
+        summary["artifacts"]["certificate_int8"] = "certificate_int8.json"
     summary["ibp_sweep"] = _ibp_sweep(small, data, cfg.verify.eps)
     failed = _gates(cfg, summary)
     summary["gates"] = {"passed": not failed, "failed": failed,
@@ -191,6 +204,25 @@ def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> dict:
                        verified_acc=reverify["verified_acc"], kernels=kernels)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _verify_int8(tflite: Path, data, cfg, out: Path) -> dict:
+    """Bound the flashed int8 network in its own arithmetic; certificate_int8.json."""
+    from toolchain.verify.int8_bounds import Int8Bounds
+    from toolchain.verify.int8_certificate import (build_int8_certificate,
+                                                   save_int8_certificate, verify_int8_samples)
+
+    n = cfg.verify.n or None
+    res = verify_int8_samples(Int8Bounds.from_tflite(tflite), data.x_test[:n], data.y_test[:n],
+                              cfg.verify.eps)
+    c_source = out / "export" / "c" / f"{NAME}_int8.c"
+    cert = build_int8_certificate(tflite, data, [res], c_source if c_source.is_file() else None)
+    save_int8_certificate(out / "certificate_int8.json", cert)
+    return {k: res[k] for k in ("eps", "n", "verified_acc", "clean_acc", "counts", "seconds")}
+
+
 def _bench(out: Path, target) -> dict:
     from toolchain.bench import bench_model
 
@@ -259,6 +291,10 @@ def _gates(cfg, summary: dict) -> list[str]:
     v = summary["compact"]["verified_acc"]
     if v < g.min_verified:
         failed.append(f"verified {v:.1%} < required {g.min_verified:.1%} at eps={summary['eps']:g}")
+    v8 = summary["verify"].get("int8_verified_acc")
+    if v8 is not None and v8 < g.min_int8_verified:
+        failed.append(f"int8 verified {v8:.1%} < required {g.min_int8_verified:.1%} "
+                      f"at eps={summary['eps']:g}")
     agree = summary["export"].get("tflite_int8_agreement")
     if agree is not None and agree < g.min_int8_agreement:
         failed.append(f"int8 agreement {agree:.1%} < required {g.min_int8_agreement:.1%}")

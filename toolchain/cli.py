@@ -9,6 +9,7 @@ one line on stderr with exit code 2 and 1.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -143,10 +144,16 @@ def _eps_list(text: str | None) -> list[float] | None:
               help="Write verified-vs-eps and margin plots (PNG) here.")
 @click.option("--certificate", "cert_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Check this certificate against MODEL instead of verifying anew.")
+@click.option("--c-source", type=click.Path(dir_okay=False, path_type=Path),
+              help="int8 (.tflite) only: the generated int8 C the certificate also names.")
 @click.pass_context
 def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
-           plot_path, cert_path) -> None:
+           plot_path, cert_path, c_source) -> None:
     """Verify MODEL's robustness on the test split; gate CI on it.
+
+    MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
+    network that is flashed is bounded in its own integer arithmetic (needs
+    --data and --eps; --method does not apply).
 
     \b
     verified:  every margin lower bound > 0 over the eps-box (sound bound)
@@ -161,6 +168,9 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
     eps_list = _eps_list(eps_text)
+    if model.suffix.lower() == ".tflite":
+        _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
+        return
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
     if cert_path is not None:
@@ -181,6 +191,51 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     if min_verified is not None and first.verified_acc < min_verified:
         raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
                          f"at eps={first.eps:g} ({method}, n={first.n})")
+
+
+def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
+                 c_source) -> None:
+    """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
+    from toolchain.data import load_dataset
+    from toolchain.display import table
+    from toolchain.verify.certificate import load_certificate
+    from toolchain.verify.int8_bounds import Int8Bounds
+    from toolchain.verify.int8_certificate import (build_int8_certificate,
+                                                   check_int8_certificate,
+                                                   save_int8_certificate, verify_int8_samples)
+
+    if not tflite.is_file():
+        raise VstError(f"model not found: {tflite}")
+    if not data:
+        raise VstError("an int8 .tflite does not say which data it was trained on; pass --data")
+    if n < 0:
+        raise VstError(f"--n must be >= 0, got {n}")
+    if c_source is not None and not c_source.is_file():
+        raise VstError(f"--c-source not found: {c_source}")
+    dataset = load_dataset(data)
+    bounds = Int8Bounds.from_tflite(tflite)
+    if bounds.x_t.size != math.prod(dataset.input_shape):
+        raise VstError(f"data {data} has inputs {dataset.input_shape}, {tflite.name} takes "
+                       f"{bounds.x_t.size} values")
+    if cert_path is not None:
+        click.echo(check_int8_certificate(load_certificate(cert_path, any_format=True), tflite,
+                                          dataset))
+        return
+    if not eps_list:
+        raise VstError("pass --eps for an int8 .tflite")
+    x, y = dataset.x_test[: n or None], dataset.y_test[: n or None]
+    results = [verify_int8_samples(bounds, x, y, eps) for eps in eps_list]
+    table(("eps", "n", "int8 verified", "falsified", "unknown", "int8 clean"),
+          [(f"{r['eps']:g}", str(r["n"]), f"{r['verified_acc']:.1%}",
+            str(r["counts"]["falsified"]), str(r["counts"]["unknown"]), f"{r['clean_acc']:.1%}")
+           for r in results], title=f"{tflite.name}: int8 bounds in TFLite's integer arithmetic")
+    if json_path:
+        save_int8_certificate(json_path, build_int8_certificate(tflite, dataset, results,
+                                                                c_source))
+    first = results[0]
+    if min_verified is not None and first["verified_acc"] < min_verified:
+        raise GateFailed(f"int8 verified {first['verified_acc']:.1%} < required "
+                         f"{min_verified:.1%} at eps={first['eps']:g} (n={first['n']})")
 
 
 @cli.command()

@@ -139,6 +139,8 @@ class TargetConfig:
 class GatesConfig:
     # Fail (exit 1) when verified accuracy falls below this.
     min_verified: float = _opt(0.0, lo=0.0, hi=1.0)
+    # Fail when the int8 network as flashed is verified on fewer samples than this.
+    min_int8_verified: float = _opt(0.0, lo=0.0, hi=1.0)
     # Fail when int8 top-1 agreement with float falls below this.
     min_int8_agreement: float = _opt(0.0, lo=0.0, hi=1.0)
     # Fail when the model does not fit the target's flash/RAM budget.

@@ -38,6 +38,8 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("test samples", str(v["n"])), ("clean accuracy", _pct(v["clean_acc"])),
             ("verified (sparse model)", _pct(v["verified_acc"])),
             ("verified (compacted model, shipped)", _pct(c["verified_acc"])),
+            ("verified (int8 network as flashed, integer bounds)",
+             _pct(v.get("int8_verified_acc"))),
             ("accuracy under PGD attack", _pct(v["robust_acc_upper"])),
             ("compaction changed a verdict", "no" if c["verdicts_identical"] else "YES")],
         "train": [

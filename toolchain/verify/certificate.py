@@ -46,7 +46,10 @@ def save_certificate(path: Path, cert: dict) -> None:
     write_text(path, json.dumps(cert, indent=1) + "\n")
 
 
-def load_certificate(path: Path) -> dict:
+def load_certificate(path: Path, any_format: bool = False) -> dict:
+    """A certificate file (``any_format``: the int8 certificate too); one-line errors."""
+    from toolchain.verify.int8_certificate import FORMAT as INT8_FORMAT
+
     path = Path(path)
     if not path.is_file():
         raise VstError(f"certificate not found: {path}")
@@ -54,7 +57,10 @@ def load_certificate(path: Path) -> dict:
         cert = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise VstError(f"{path}: not a certificate ({exc})") from None
-    if not isinstance(cert, dict) or cert.get("format") != FORMAT:
+    formats = (FORMAT, INT8_FORMAT) if any_format else (FORMAT,)
+    if isinstance(cert, dict) and cert.get("format") == INT8_FORMAT and not any_format:
+        raise VstError(f"{path}: an int8 certificate; check it against the .tflite it names")
+    if not isinstance(cert, dict) or cert.get("format") not in formats:
         raise VstError(f"{path}: not a vst certificate")
     if cert.get("version", 0) > VERSION:
         raise VstError(f"{path}: certificate version {cert['version']} is newer than this vst")
