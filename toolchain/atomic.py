@@ -42,3 +42,25 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Fail now, with one line, if ``path`` (a file, or with ``directory`` a folder)
+    cannot be written: before long work starts, not after it. Creates nothing:
+    the nearest existing folder on the way must take a new file."""
+    from toolchain.errors import VstError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        raise VstError(f"{path} exists and is {'not ' if directory else ''}a directory")
+    folder = path if directory else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise VstError(f"cannot write {path}: {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vst-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise VstError(f"cannot write {path}: {exc.strerror or exc}") from None

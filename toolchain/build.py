@@ -9,6 +9,7 @@ result; a stage whose key and outputs are unchanged is not run again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from toolchain.errors import GateFailed, VstError
 log = logging.getLogger("vst.build")
 NAME = "model"          # C identifier of the generated model: vst_model_infer()
 GOLDEN = 8              # golden vectors for the on-target self-test
+LOCK_FILE = ".vst-build.lock"
 
 
 def _key(*parts) -> str:
@@ -55,13 +57,39 @@ class Stages:
         return result
 
 
+@contextlib.contextmanager
+def build_lock(out: Path):
+    """One build at a time per output folder: an exclusive lock on
+    ``out/.vst-build.lock`` (released by the OS even after kill -9); a second
+    build into the same folder fails at once with one line."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VstError(f"another vst build is writing into {out} (lock {out / LOCK_FILE}); "
+                           "wait for it or use another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool | None = None,
           show_progress: bool = True) -> dict:
     """Run the pipeline into ``out``; return the summary (also ``out/summary.json``).
 
     Raises ``GateFailed`` after writing everything when a gate of ``cfg.gates``
-    fails (exit 1).
+    fails (exit 1); ``VstError`` when another build holds ``out``.
     """
+    with build_lock(Path(out)):
+        return _build(cfg, Path(out), target_name, bench, show_progress)
+
+
+def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
+           show_progress: bool) -> dict:
     from toolchain.models.modelfile import load_model
     from toolchain.targets import load_target
     from toolchain.train.loop import load_data
@@ -306,5 +334,8 @@ def _gates(cfg, summary: dict) -> list[str]:
 
 
 def check_out_dir(out: Path) -> None:
+    from toolchain.atomic import check_writable
+
     if out.exists() and not out.is_dir():
         raise VstError(f"--out {out} exists and is not a directory")
+    check_writable(out, directory=True)

@@ -31,6 +31,25 @@ class VstGroup(click.Group):
             click.echo(f"vst: error: {exc}" if isinstance(exc, VstError) else f"vst: gate failed: {exc}",
                        err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:   # an unwritable output, a full disk, a vanished input
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"vst: error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("vst: interrupted", err=True)
+            ctx.exit(130)
+        except click.UsageError as exc:      # one line, like every other bad input
+            name = exc.ctx.command_path if exc.ctx else "vst"
+            click.echo(f"vst: error: {exc.format_message()} (see `{name} --help`)", err=True)
+            ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback
+            if (ctx.obj or {}).get("verbose", 0) > 1:
+                raise
+            click.echo(f"vst: error: {type(exc).__name__}: {exc} (unexpected; run with -vv "
+                       "for the traceback and please report it)", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=VstGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,11 +76,12 @@ def cli(ctx, verbose: int, quiet: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path, force: bool) -> None:
     """Write a commented default config to PATH (default vst.toml)."""
-    from toolchain.atomic import write_text
+    from toolchain.atomic import check_writable, write_text
     from toolchain.config import default_config_text
 
     if path.exists() and not force:
         raise VstError(f"{path} exists; use --force to overwrite")
+    check_writable(path)
     write_text(path, default_config_text())
     click.echo(f"wrote {path}")
 
@@ -105,10 +125,12 @@ def train(ctx, config_path, out, resume) -> None:
 
     Writes OUT/model.vst, OUT/training.png and a per-epoch checkpoint.
     """
+    from toolchain.atomic import check_writable
     from toolchain.config import load_config
     from toolchain.train.loop import MODEL_FILE, train as run_training
 
     cfg = load_config(config_path)
+    check_writable(out, directory=True)
     model = run_training(cfg, out, resume=resume, show_progress=not ctx.obj["quiet"])
     last = model.record["epochs"][-1]
     click.echo(f"wrote {out / MODEL_FILE}: density {model.record['density']:.3f}, "
@@ -123,8 +145,8 @@ def _eps_list(text: str | None) -> list[float] | None:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise VstError(f"--eps must be numbers separated by commas, got {text!r}") from None
-    if not values or any(v < 0 or v != v for v in values):
-        raise VstError(f"--eps must be >= 0, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise VstError(f"--eps must be >= 0 and finite, got {text!r}")
     return values
 
 
@@ -165,9 +187,14 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
                                               load_certificate, save_certificate)
     from toolchain.verify.reports import plot_results, print_table, write_junit
 
+    from toolchain.atomic import check_writable
+
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
     eps_list = _eps_list(eps_text)
+    for path in (json_path, junit_path, plot_path):
+        if path is not None:
+            check_writable(path)
     if model.suffix.lower() == ".tflite":
         _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
         return
@@ -256,12 +283,15 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 
     import torch
 
-    from toolchain.atomic import write_text
+    from toolchain.atomic import check_writable, write_text
     from toolchain.compact import compact as run_compact, max_abs_diff
     from toolchain.display import table
     from toolchain.models.modelfile import load_model, save_model
     from toolchain.verify import resolve_dataset
 
+    for path in (out, json_path):
+        if path is not None:
+            check_writable(path)
     src = load_model(model)
     dataset = resolve_dataset(src, data)
     smaller, report = run_compact(src, fold_bn=not no_fold_bn)
@@ -290,7 +320,8 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 @click.option("--data", help="Data for calibration and parity checks (default: the model's own).")
 @click.option("--eps", type=float, help="eps for VNN-LIB properties (default: the model's).")
 @click.option("--name", default="model", show_default=True, help="C identifier of the model.")
-@click.option("--vnnlib-n", type=int, default=100, show_default=True)
+@click.option("--vnnlib-n", type=click.IntRange(1, 100000), default=100, show_default=True,
+              help="VNN-LIB properties to write (the first N test samples).")
 @click.option("--kernels", type=click.Choice(["dsp", "portable"]), default="dsp",
               show_default=True,
               help="int8 C kernels: dsp (SMLAD, for Cortex-M4/M7/M33; exact but slower "
@@ -303,9 +334,20 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     from toolchain.export.run import run_exports
     from toolchain.verify import default_eps, load_any_model, resolve_dataset
 
+    from toolchain.atomic import check_writable
+    from toolchain.export.c import check_name
+    from toolchain.export.run import FORMATS
+
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
-    if eps is not None and eps < 0:
-        raise VstError(f"--eps must be >= 0, got {eps}")
+    if not fmts:
+        raise VstError(f"--format names no format, got {formats!r}")
+    unknown = [f for f in fmts if f not in FORMATS]
+    if unknown:
+        raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if eps is not None and not (math.isfinite(eps) and eps >= 0):
+        raise VstError(f"--eps must be a finite number >= 0, got {eps}")
+    check_name(name)
+    check_writable(out, directory=True)
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
     eps = eps if eps is not None else (default_eps(vst_model) if "vnnlib" in fmts else 0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ class DataConfig:
     # Only for user data that has no test split of its own.
     test_fraction: float = _opt(0.2, lo=0.0, hi=1.0, lo_open=True)
     # 0 infers the number of classes from the labels.
-    num_classes: int = _opt(0, lo=0)
+    num_classes: int = _opt(0, lo=0, hi=100000)
 
 
 @dataclass
@@ -49,9 +50,9 @@ class ModelConfig:
     # 70% structured-pruned; cnn_small is faster but stops near 80%.
     arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d"))
     # Conv channels per layer; empty keeps the architecture's own.
-    channels: list[int] = _opt([])
+    channels: list[int] = _opt([], lo=1, hi=4096)
     # Hidden fully connected widths; empty keeps the architecture's own.
-    widths: list[int] = _opt([])
+    widths: list[int] = _opt([], lo=1, hi=65536)
     # BatchNorm after each conv / hidden linear layer.
     batchnorm: bool = _opt(False)
 
@@ -67,7 +68,7 @@ class SparsityConfig:
     # ERK gives wide layers less density than narrow ones (Evci et al. 2020).
     distribution: str = _opt("erk", choices=("erk", "uniform"))
     # Mask update period, in optimizer steps.
-    update_every: int = _opt(50, lo=1)
+    update_every: int = _opt(50, lo=1, hi=10**9)
     # Fraction of active units dropped at the first update; decays (cosine) to 0.
     drop_fraction: float = _opt(0.3, lo=0.0, hi=1.0)
     # rigl regrows by robust-loss gradient magnitude; random as in SET.
@@ -75,48 +76,48 @@ class SparsityConfig:
     # The mask is frozen for this last fraction of training.
     freeze_fraction: float = _opt(0.25, lo=0.0, hi=1.0)
     # HYDRA baseline only: epochs of score training, then of certified fine-tuning.
-    hydra_score_epochs: int = _opt(5, lo=1)
-    hydra_finetune_epochs: int = _opt(5, lo=1)
+    hydra_score_epochs: int = _opt(5, lo=1, hi=100000)
+    hydra_finetune_epochs: int = _opt(5, lo=1, hi=100000)
 
 
 @dataclass
 class TrainConfig:
     # mnist5k has 4,000 images: small batches give enough steps to converge
     # in 30 epochs (a few CPU minutes for the default model).
-    epochs: int = _opt(30, lo=1)
-    batch_size: int = _opt(32, lo=1)
+    epochs: int = _opt(30, lo=1, hi=100000)
+    batch_size: int = _opt(32, lo=1, hi=65536)
     # Adam. The papers use 5e-4 over ~100k steps; we have ~3k, so 1e-3.
-    lr: float = _opt(1e-3, lo=0.0, lo_open=True)
+    lr: float = _opt(1e-3, lo=0.0, hi=1.0, lo_open=True)
     # Training eps; larger than the test eps makes the certificate hold with margin.
-    eps: float = _opt(0.15, lo=0.0)
+    eps: float = _opt(0.15, lo=0.0, hi=1.0)
     # Natural-loss epochs before eps starts to grow.
-    warmup_epochs: int = _opt(2, lo=0)
+    warmup_epochs: int = _opt(2, lo=0, hi=100000)
     # Epochs over which eps ramps (exponential, then linear) to its final value.
-    ramp_epochs: int = _opt(15, lo=0)
+    ramp_epochs: int = _opt(15, lo=0, hi=100000)
     # Weight of the natural loss once the ramp ends (it starts at 1).
     kappa: float = _opt(0.0, lo=0.0, hi=1.0)
     # Use CROWN-IBP (beta 1 -> 0 over the ramp); false trains on IBP only.
     crown_ibp: bool = _opt(True)
     # Gradient-norm clipping.
-    grad_clip: float = _opt(10.0, lo=0.0, lo_open=True)
+    grad_clip: float = _opt(10.0, lo=0.0, hi=1e6, lo_open=True)
     # Fractions of training after which the lr is multiplied by lr_decay_factor.
-    lr_decay_at: list[float] = _opt([0.75, 0.9])
+    lr_decay_at: list[float] = _opt([0.75, 0.9], lo=0.0, hi=1.0)
     lr_decay_factor: float = _opt(0.2, lo=0.0, hi=1.0, lo_open=True)
     # IBP initialization (Shi et al. 2021): keeps interval widths stable at init.
     ibp_init: bool = _opt(True)
     # Training images held out (never trained on) for per-epoch verified accuracy.
-    val_size: int = _opt(200, lo=0)
-    seed: int = _opt(0, lo=0)
+    val_size: int = _opt(200, lo=0, hi=10**7)
+    seed: int = _opt(0, lo=0, hi=2**32 - 1)
 
 
 @dataclass
 class VerifyConfig:
     # The eps the certificate speaks about (L-inf, in input units of [0, 1]).
-    eps: float = _opt(0.1, lo=0.0)
+    eps: float = _opt(0.1, lo=0.0, hi=1.0)
     # ibp | crown | alpha-crown | all (cascade, cheapest first).
     method: str = _opt("crown", choices=("ibp", "crown", "alpha-crown", "all"))
     # Test samples to verify; 0 means the whole test split.
-    n: int = _opt(0, lo=0)
+    n: int = _opt(0, lo=0, hi=10**9)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class ExportConfig:
     formats: list[str] = _opt(["onnx", "vnnlib", "tflite", "c"],
                               choices=("onnx", "vnnlib", "tflite", "c"))
     # VNN-LIB properties written (first N test samples).
-    vnnlib_n: int = _opt(100, lo=0)
+    vnnlib_n: int = _opt(100, lo=0, hi=100000)
 
 
 @dataclass
@@ -181,6 +182,10 @@ def _check_value(where: str, value: Any, typ: Any, meta: dict) -> Any:
         value = [_check_value(f"{where}[{i}]", v, inner, {}) for i, v in enumerate(value)]
         items = value
     for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise VstError(f"config: {where} must be a finite number, got {item!r}")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2 ** 53:
+            raise VstError(f"config: {where} is out of range, got {item!r}")
         lo, hi = meta.get("lo"), meta.get("hi")
         if lo is not None and (item < lo or (meta.get("lo_open") and item == lo)):
             bound = f"> {lo}" if meta.get("lo_open") else f">= {lo}"

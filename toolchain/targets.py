@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from toolchain.errors import VstError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def targets_dir() -> Path:
@@ -63,29 +65,58 @@ def _get(table: dict, key: str, typ: type, where: str, default=None):
     return value
 
 
+def _table(data: dict, key: str, where: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise VstError(f"target {where}: [{key}] must be a table, got {value!r}")
+    return value
+
+
+def _size(table: dict, key: str, where: str, required: bool = False) -> int:
+    if required and key not in table:
+        raise VstError(f"target {where}: missing key {key!r}")
+    value = table.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 32:
+        raise VstError(f"target {where}: {key} must be an integer in [0, 2^32), got {value!r}")
+    return value
+
+
 def _parse(path: Path) -> Target:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise VstError(f"target file {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise VstError(f"target file {path}: not a readable TOML file ({exc})") from None
     where = path.stem
-    cpu, qemu = data.get("cpu", {}), data.get("qemu", {})
-    memory, budget = data.get("memory", {}), data.get("budget", {})
+    cpu, qemu = _table(data, "cpu", where), _table(data, "qemu", where)
+    memory, budget = _table(data, "memory", where), _table(data, "budget", where)
+    name = _get(data, "name", str, where)
+    if not NAME_PATTERN.fullmatch(name):
+        raise VstError(f"target {where}: name {name!r} must be letters, digits, '.', '_' or '-' "
+                       "(it names output folders)")
+    flags = _get(cpu, "cflags", list, where)
+    if not all(isinstance(f, str) for f in flags):
+        raise VstError(f"target {where}: cpu.cflags must be a list of strings")
+    machine = qemu.get("machine")
+    if machine is not None and (not isinstance(machine, str) or not NAME_PATTERN.fullmatch(machine)):
+        raise VstError(f"target {where}: qemu.machine must be a machine name, got {machine!r}")
+    cpu_hz = _get(qemu, "cpu_hz", int, where, default=0) if qemu else 0
+    if machine is not None and not 0 < cpu_hz < 2 ** 32:
+        raise VstError(f"target {where}: qemu.cpu_hz must be a clock in Hz, got {cpu_hz!r}")
     return Target(
-        name=_get(data, "name", str, where),
+        name=name,
         description=_get(data, "description", str, where),
         part=_get(data, "part", str, where, default=""),
-        cflags=tuple(_get(cpu, "cflags", list, where)),
+        cflags=tuple(flags),
         float_abi=_get(cpu, "float_abi", str, where),
         dsp=_get(cpu, "dsp", bool, where, default=False),
-        qemu_machine=qemu.get("machine"),
-        cpu_hz=_get(qemu, "cpu_hz", int, where, default=0) if qemu else 0,
-        flash_origin=memory.get("flash_origin", 0),
-        flash_size=memory.get("flash_size", 0),
-        ram_origin=memory.get("ram_origin", 0),
-        ram_size=memory.get("ram_size", 0),
-        flash_budget=_get(budget, "flash_bytes", int, where),
-        ram_budget=_get(budget, "ram_bytes", int, where),
+        qemu_machine=machine,
+        cpu_hz=cpu_hz,
+        flash_origin=_size(memory, "flash_origin", where),
+        flash_size=_size(memory, "flash_size", where),
+        ram_origin=_size(memory, "ram_origin", where),
+        ram_size=_size(memory, "ram_size", where),
+        flash_budget=_size(budget, "flash_bytes", where, required=True),
+        ram_budget=_size(budget, "ram_bytes", where, required=True),
     )
 
 

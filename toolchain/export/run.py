@@ -10,6 +10,8 @@ Returns the numbers and the paths relative to ``out_dir.parent``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,41 @@ PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist
 def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
                 eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
                 verified_acc: float | None = None, kernels: str = "dsp") -> dict:
+    """Every format into ``out_dir``, all or nothing: they are written into a
+    staging folder inside it and moved into place only when every one of them
+    was written and checked; a failure leaves ``out_dir`` as it was."""
     # TensorFlow's C++ logging (oneDNN notices, absl) is noise for a vst user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if not formats:
+        raise VstError("no export format given")
+    from toolchain.export.c import check_name
+    check_name(name)                    # it names files: checked before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rel = lambda p: str(Path(p).relative_to(out_dir.parent))  # noqa: E731
+    for stale in out_dir.glob(".export-*"):     # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        res = _run(model, data, stage, out_dir.name, formats, name, eps, vnnlib_n, golden,
+                   verified_acc, kernels)
+        for entry in sorted(stage.iterdir()):
+            target = out_dir / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return res
+
+
+def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, golden,
+         verified_acc, kernels) -> dict:
+    """The exports into ``out_dir`` (the staging folder); paths in the result are
+    shown under ``shown`` (the final folder's name)."""
+    rel = lambda p: str(Path(shown) / Path(p).relative_to(out_dir))  # noqa: E731
     x, y = data.x_test[:PARITY_SAMPLES], data.y_test[:PARITY_SAMPLES]
     res: dict = {"formats": list(formats)}
     files: dict[str, Path] = {}

@@ -27,10 +27,18 @@ from typing import ClassVar, Union
 
 from toolchain.errors import VstError
 
+# What vst will build (checked on the layer list, before allocating): about
+# 200 MB of float32 weights, and a per-sample activation tensor of 64 MB.
+MAX_PARAMS = 50_000_000
+MAX_ACTIVATIONS = 16_000_000
+
 Shape = tuple[int, ...]
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    if kernel < 1 or stride < 1 or padding < 0:
+        raise VstError(f"convolution needs kernel >= 1, stride >= 1, padding >= 0; got "
+                       f"kernel {kernel}, stride {stride}, padding {padding}")
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -201,6 +209,30 @@ class Network:
     def param_count(self) -> int:
         return sum(math.prod(s) for layer in self.layers for s in layer_params(layer).values())
 
+    def check_size(self, where: str = "model") -> None:
+        """VstError unless the shapes chain and the network fits in memory: checked
+        on the layer list before any tensor is allocated."""
+        for i, layer in enumerate(self.layers):
+            for f in dataclasses.fields(layer):
+                value = getattr(layer, f.name)
+                if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)
+                                        or value < 0):
+                    raise VstError(f"{where}: layer {i} ({layer.kind}) {f.name} must be an "
+                                   f"integer >= 0, got {value!r}")
+        try:
+            shapes = self.shapes()
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise VstError(f"{where}: the layers do not fit the input {self.input_shape} "
+                           f"({exc})") from None
+        if any(d <= 0 for s in shapes for d in s):
+            raise VstError(f"{where}: a layer's output is empty for input {self.input_shape}")
+        params = self.param_count()
+        activations = max((math.prod(s) for s in shapes), default=0)
+        if params > MAX_PARAMS or activations > MAX_ACTIVATIONS:
+            raise VstError(f"{where}: {params:,} parameters / {activations:,} activations per "
+                           f"sample is beyond what vst trains (at most {MAX_PARAMS:,} / "
+                           f"{MAX_ACTIVATIONS:,}); check channels and widths")
+
     def layer_macs(self) -> list[int]:
         """Multiply-accumulates per inference, layer by layer (dense count)."""
         macs = []
@@ -232,9 +264,15 @@ class Network:
                     raise VstError(f"unknown layer kind {kind!r}")
                 fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
                 layers.append(LAYER_TYPES[kind](**fields))
-            return cls(tuple(data["input_shape"]), tuple(layers))
-        except (KeyError, TypeError) as exc:
+            shape = tuple(data["input_shape"])
+            if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                    for d in shape):
+                raise VstError(f"input_shape must be positive integers, got {list(shape)}")
+            network = cls(shape, tuple(layers))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VstError(f"invalid architecture description: {exc}") from None
+        network.check_size("architecture")
+        return network
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,9 @@ def load_model(path: str | Path) -> VstModel:
         record = json.loads(meta.get("record", "{}"))
     except (json.JSONDecodeError, KeyError) as exc:
         raise VstError(f"{path}: corrupt model header ({exc})") from None
+    except VstError as exc:
+        raise VstError(f"{path}: {exc}") from None
+    _check_record(path, record)
     masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
     _check_state(path, network, state)
@@ -124,3 +128,26 @@ def _check_state(path: Path, network: Network, state: dict) -> None:
         if tuple(state[name].shape) != tuple(ref.shape):
             raise VstError(f"{path}: tensor {name} has shape {tuple(state[name].shape)}, "
                            f"architecture needs {tuple(ref.shape)}")
+        if state[name].dtype != ref.dtype:
+            raise VstError(f"{path}: tensor {name} has dtype {state[name].dtype}, "
+                           f"architecture needs {ref.dtype}")
+        if state[name].is_floating_point() and not bool(state[name].isfinite().all()):
+            raise VstError(f"{path}: tensor {name} contains NaN or infinity")
+
+
+def _check_record(path: Path, record) -> None:
+    """The training record: a JSON object whose config sections are objects and
+    whose test eps, when present, is a finite number >= 0."""
+    if not isinstance(record, dict):
+        raise VstError(f"{path}: record must be a JSON object, got {type(record).__name__}")
+    config = record.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
+        raise VstError(f"{path}: record.config must be an object of sections")
+    eps = config.get("verify", {}).get("eps")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                            or not math.isfinite(eps) or eps < 0):
+        raise VstError(f"{path}: record.config.verify.eps must be a finite number >= 0, "
+                       f"got {eps!r}")
+    data = config.get("data", {}).get("dataset")
+    if data is not None and not isinstance(data, str):
+        raise VstError(f"{path}: record.config.data.dataset must be a string, got {data!r}")

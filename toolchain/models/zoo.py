@@ -74,4 +74,6 @@ def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=N
         kwargs["widths"] = tuple(widths)
     if channels is not None and arch != "mlp":
         kwargs["channels"] = tuple(channels)
-    return ZOO[arch](tuple(input_shape), num_classes, **kwargs)
+    network = ZOO[arch](tuple(input_shape), num_classes, **kwargs)
+    network.check_size(f"model {arch}")
+    return network

@@ -1,0 +1,305 @@
+"""Bad input, run through the CLI as a careless user or an attacker would.
+
+Every case must end with exit 2 (or 1 where a gate is the right answer), one
+line on stderr, no traceback, no "unexpected" internal error, and no file
+outside the output folder. The table holds the cases seen in the hardening
+issue plus generated ones: every numeric config key with NaN, infinities,
+absurd magnitudes, strings and lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import random_model
+from toolchain.cli import cli
+from toolchain.config import Config
+from toolchain.models.layers import Conv2d, Flatten, Linear, Network, ReLU
+from toolchain.models.modelfile import save_model
+
+NET = Network((1, 28, 28), (Conv2d(1, 2, 4, 2, 1), ReLU(), Flatten(), Linear(392, 10)))
+
+
+def run(args, cwd: Path):
+    """Invoke the CLI in-process in ``cwd``; (exit code, stderr, exception)."""
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+    finally:
+        os.chdir(old)
+    return result.exit_code, result.stderr, result.exception
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*")}
+
+
+def assert_clean_failure(tmp_path: Path, args, code: int = 2, allowed: Path | None = None):
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    before = files_under(tmp_path)
+    exit_code, stderr, exc = run(args, work)
+    assert exc is None or isinstance(exc, SystemExit), repr(exc)
+    assert exit_code == code, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vst: "), stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    new = {p for p in files_under(tmp_path) - before
+           if allowed is None or allowed not in (p, *p.parents)}
+    new = {p for p in new if p != work}
+    assert not new, f"files written outside the output folder: {sorted(new)[:3]}"
+
+
+# ------------------------------------------------------------------ config
+
+def _numeric_fields():
+    """(section, key, kind) for every int and float key of the config."""
+    import dataclasses
+    from typing import get_type_hints
+
+    out = []
+    sections = get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        cls = sections[section.name]
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] in (int, float):
+                out.append((section.name, f.name, hints[f.name].__name__))
+    return out
+
+
+BAD_NUMBERS = {"float": ["nan", "inf", "-inf", "1e308", '"abc"', "[1.0]", "true"],
+               "int": ["100000000000000000000000", "-100000000000000000000000", "1.5", '"7"',
+                       "[1]", "true", "nan"]}
+GENERATED = [(f"{s}.{k}={v}", f"[{s}]\n{k} = {v}\n") for s, k, kind in _numeric_fields()
+             for v in BAD_NUMBERS[kind]]
+# Every one of these is invalid for every key: NaN and infinities are not finite,
+# 1e308 and the huge ints are out of range, strings, lists and bools the wrong type.
+
+SEEN = [
+    ("channels huge", "[model]\nchannels = [100000000, 100000000]\n"),
+    ("channels negative", "[model]\nchannels = [-4, 8]\n"),
+    ("widths zero", "[model]\nwidths = [0]\n"),
+    ("seed 2^70", "[train]\nseed = 1180591620717411303424\n"),
+    ("lr_decay_at out of range", "[train]\nlr_decay_at = [5.0, -1.0]\n"),
+    ("density nan", "[sparsity]\ndensity = nan\n"),
+    ("verify eps nan", "[verify]\neps = nan\n"),
+    ("train eps inf", "[train]\neps = inf\n"),
+    ("epochs 1e23", "[train]\nepochs = 1e23\n"),
+    ("section not a table", "train = 5\n"),
+    ("unknown section", "[trian]\nepochs = 3\n"),
+    ("unknown key", "[train]\nepoch = 3\n"),
+    ("formats empty item", '[export]\nformats = ["onnx", "pdf"]\n'),
+    ("arch unknown", '[model]\narch = "resnet"\n'),
+    ("params beyond memory", "[model]\nchannels = [4096, 4096]\n"),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in SEEN + GENERATED],
+                         ids=[c[0] for c in SEEN + GENERATED])
+def test_bad_config_is_one_line_before_any_work(tmp_path, text):
+    (tmp_path / "bad.toml").write_text(text)
+    out = tmp_path / "out"
+    assert_clean_failure(tmp_path, ["train", "--config", tmp_path / "bad.toml", "--out", out],
+                         allowed=out)
+    assert not (out / "model.vst").exists()
+
+
+def test_binary_garbage_config(tmp_path):
+    (tmp_path / "bad.toml").write_bytes(bytes(range(256)) * 4)
+    assert_clean_failure(tmp_path, ["train", "--config", tmp_path / "bad.toml",
+                                    "--out", tmp_path / "out"], allowed=tmp_path / "out")
+
+
+# ------------------------------------------------------------ model files
+
+def _model_file(tmp_path: Path, edit=None, state_edit=None) -> Path:
+    model = random_model(NET)
+    model.record = {"config": {"data": {"dataset": "mnist5k"}, "verify": {"eps": 0.1}}}
+    if state_edit:
+        state_edit(model.state)
+    path = tmp_path / "m.vst"
+    save_model(path, model)
+    if edit:
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+        edit(meta, tensors)
+        save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def _set(key, value):
+    return lambda meta, tensors: meta.__setitem__(key, value)
+
+
+def _arch(change):
+    def edit(meta, tensors):
+        arch = json.loads(meta["architecture"])
+        change(arch)
+        meta["architecture"] = json.dumps(arch)
+    return edit
+
+
+MODEL_CASES = {
+    "record a list": _set("record", "[1, 2]"),
+    "record a string": _set("record", '"abc"'),
+    "record.config a string": _set("record", '{"config": "abc"}'),
+    "verify.eps abc": _set("record", '{"config": {"verify": {"eps": "abc"}}}'),
+    "verify.eps nan": _set("record", '{"config": {"verify": {"eps": NaN}}}'),
+    "record not json": _set("record", "{"),
+    "layers a string": _arch(lambda a: a.__setitem__("layers", "conv")),
+    "layers a dict": _arch(lambda a: a.__setitem__("layers", {"a": 1})),
+    "input_shape negative": _arch(lambda a: a.__setitem__("input_shape", [1, -28, 28])),
+    "input_shape a string": _arch(lambda a: a.__setitem__("input_shape", "1x28x28")),
+    "kernel a float": _arch(lambda a: a["layers"][0].__setitem__("kernel", 4.5)),
+    "stride zero": _arch(lambda a: a["layers"][0].__setitem__("stride", 0)),
+    "channels huge": _arch(lambda a: (a["layers"][0].__setitem__("out_channels", 10 ** 9))),
+    "unknown layer": _arch(lambda a: a["layers"][1].__setitem__("kind", "gelu")),
+    "dtype edited to int32": lambda m, t: t.__setitem__("0.weight", t["0.weight"].int()),
+    "shape edited": lambda m, t: t.__setitem__("3.bias", t["3.bias"][:5].clone()),
+    "future format": _set("vst_format", "99"),
+    "format not a number": _set("vst_format", "one"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_damaged_model_file_header(tmp_path, case):
+    path = _model_file(tmp_path, edit=MODEL_CASES[case])
+    assert_clean_failure(tmp_path, ["verify", path, "--eps", "0.1", "--n", "4"])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_before_any_export(tmp_path, value):
+    path = _model_file(tmp_path, state_edit=lambda s: s["3.weight"].__setitem__((0, 0), value))
+    out = tmp_path / "out"
+    assert_clean_failure(tmp_path, ["export", path, "--out", out, "--format", "onnx,tflite,c"],
+                         allowed=out)
+    assert not list(out.rglob("*.onnx")) and not list(out.rglob("*.tflite"))
+    assert_clean_failure(tmp_path, ["compact", path, "--out", tmp_path / "c.vst"])
+
+
+# ------------------------------------------------------------------ export
+
+@pytest.mark.parametrize("args", [
+    ["--name", "../../escaped"], ["--name", "x; int evil"], ["--name", "int"], ["--name", ""],
+    ["--vnnlib-n", "-1"], ["--vnnlib-n", "0"], ["--format", ","], ["--format", "onnx,pdf"],
+    ["--eps", "nan"], ["--eps", "-0.1"], ["--kernels", "avx"]],
+    ids=lambda a: " ".join(a))
+def test_bad_export_options_write_nothing(tmp_path, args):
+    path = _model_file(tmp_path)
+    out = tmp_path / "o" / "out"
+    assert_clean_failure(tmp_path, ["export", path, "--out", out, *args], allowed=out)
+    assert not list(tmp_path.glob("escaped*")) and not list((tmp_path / "o").glob("escaped*"))
+    assert not list(out.rglob("*.tflite")) if out.exists() else True
+
+
+# ----------------------------------------------------------------- outputs
+
+def _unwritable(tmp_path: Path) -> list[Path]:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    return [blocker / "sub" / "x.json", Path("/proc/vst-test/x.json"), Path("/sys/vst/x.json")]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_unwritable_outputs_fail_before_work(tmp_path, which):
+    path = _model_file(tmp_path)
+    target = _unwritable(tmp_path)[which]
+    for args in (["verify", path, "--eps", "0.1", "--n", "2", "--json", target],
+                 ["verify", path, "--eps", "0.1", "--n", "2", "--junit", target],
+                 ["compact", path, "--out", target],
+                 ["export", path, "--out", target.parent, "--format", "onnx"],
+                 ["train", "--out", target.parent],
+                 ["build", "--out", target.parent, "--no-bench"],
+                 ["init", target]):
+        assert_clean_failure(tmp_path, args)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """ENOSPC in the middle of an atomic write: one line, exit 2, nothing left."""
+    import errno
+
+    def full(fh_path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fh_path))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert_clean_failure(tmp_path, ["init", out / "vst.toml"], allowed=out)
+    assert not list(out.iterdir())
+
+
+# ----------------------------------------------------------------- targets
+
+@pytest.mark.parametrize("text", [
+    None, "cpu = 5\n", 'name = "../../x"\ndescription = "x"\n[cpu]\ncflags = []\n'
+    'float_abi = "soft"\n[budget]\nflash_bytes = 1\nram_bytes = 1\n',
+    'name = "t"\ndescription = "x"\n[cpu]\ncflags = [1]\nfloat_abi = "soft"\n'
+    '[budget]\nflash_bytes = 1\nram_bytes = 1\n',
+    'name = "t"\ndescription = "x"\n[cpu]\ncflags = []\nfloat_abi = "soft"\n'
+    '[budget]\nflash_bytes = -1\nram_bytes = 1\n',
+    'name = "t"\ndescription = "x"\n[cpu]\ncflags = []\nfloat_abi = "soft"\n'
+    '[qemu]\nmachine = "mps2-an386; rm -rf"\ncpu_hz = 1\n[budget]\nflash_bytes = 1\n'
+    'ram_bytes = 1\n'],
+    ids=["binary", "cpu a number", "name escapes", "cflags not strings", "negative budget",
+         "machine injection"])
+def test_bad_target_files(tmp_path, text):
+    target = tmp_path / "t.toml"
+    if text is None:
+        target.write_bytes(bytes(range(256)))
+    else:
+        target.write_text(text)
+    build = tmp_path / "b"
+    (build / "export" / "c").mkdir(parents=True)
+    assert_clean_failure(tmp_path, ["bench", build, "--target", target], allowed=build)
+    assert not (tmp_path.parent / "x").exists()
+
+
+# ------------------------------------------------------------ verify & misc
+
+@pytest.mark.parametrize("args", [
+    ["--eps", "inf"], ["--eps", "nan"], ["--eps", "0.1,abc"], ["--eps", ""],
+    ["--n", "-5"], ["--min-verified", "1.5"], ["--method", "magic"]],
+    ids=lambda a: " ".join(a))
+def test_bad_verify_options(tmp_path, args):
+    path = _model_file(tmp_path)
+    assert_clean_failure(tmp_path, ["verify", path, *args])
+
+
+def test_missing_and_foreign_inputs(tmp_path):
+    (tmp_path / "junk.vst").write_bytes(os.urandom(64))
+    (tmp_path / "junk.tflite").write_bytes(os.urandom(64))
+    (tmp_path / "junk.onnx").write_bytes(os.urandom(300))
+    for args in (["verify", tmp_path / "nope.vst"], ["verify", tmp_path / "junk.vst"],
+                 ["verify", tmp_path / "junk.onnx", "--data", "mnist5k", "--eps", "0.1"],
+                 ["export", tmp_path / "junk.onnx", "--out", tmp_path / "e", "--data", "mnist5k"],
+                 ["verify", tmp_path / "junk.tflite", "--data", "mnist5k", "--eps", "0.1"],
+                 ["compact", tmp_path / "junk.vst", "--out", tmp_path / "c.vst"],
+                 ["train", "--config", tmp_path / "nope.toml", "--out", tmp_path / "o"],
+                 ["bench", tmp_path / "nowhere"], ["nosuchcommand"]):
+        assert_clean_failure(tmp_path, args)
+
+
+def test_a_second_build_into_the_same_folder_is_refused(tmp_path):
+    from toolchain.build import build_lock
+    from toolchain.errors import VstError
+
+    with build_lock(tmp_path / "out"):
+        with pytest.raises(VstError, match="another vst build"):
+            with build_lock(tmp_path / "out"):
+                pass
+    with build_lock(tmp_path / "out"):      # released: the next build proceeds
+        pass
+
+
+def test_the_table_is_large():
+    assert len(SEEN) + len(GENERATED) + len(MODEL_CASES) >= 100
