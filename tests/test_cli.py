@@ -78,3 +78,19 @@ def test_missing_inputs_are_one_line_errors(tmp_path, args, needle):
     line = assert_one_line_error(vst(*args, cwd=tmp_path))
     assert needle in line
     assert not (tmp_path / "x.vst").exists() and not (tmp_path / "x").exists()
+
+
+def test_vst_toml_in_the_working_folder_is_picked_up(tmp_path):
+    """After `vst init`, `vst train` without --config uses ./vst.toml and says so;
+    --config still wins."""
+    (tmp_path / "vst.toml").write_text("[train]\nepochs = 0\n")     # invalid on purpose
+    res = vst("train", "--out", "run", cwd=tmp_path)
+    assert res.returncode == 2 and "train.epochs must be >= 1" in res.stderr
+    (tmp_path / "other.toml").write_text("[model]\narch = \"nope\"\n")
+    res = vst("train", "--config", "other.toml", "--out", "run", cwd=tmp_path)
+    assert res.returncode == 2 and "model.arch" in res.stderr
+    res = vst("build", "--out", "b", cwd=tmp_path)
+    assert res.returncode == 2 and "train.epochs must be >= 1" in res.stderr
+    (tmp_path / "vst.toml").write_text('[data]\ndataset = "missing.npz"\n')
+    res = vst("train", "--out", "run", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.splitlines()[0] == "vst: config vst.toml"

@@ -151,3 +151,25 @@ def test_missing_and_corrupt_files_are_clear_errors(tmp_path, trained):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(VstError, match="ONNX"):
             import_onnx(tmp_path / name)
+
+
+def test_vst_onnx_metadata_stands_in_for_eps_and_data(tmp_path):
+    """`vst verify model.onnx` on vst's own export needs no --eps / --data; a
+    foreign ONNX file without that metadata still asks for them."""
+    import subprocess
+    import sys
+
+    model = random_model(L.Network((1, 28, 28), (L.Flatten(), L.Linear(784, 10))), seed=4)
+    path = export_onnx(model, tmp_path / "m.onnx",
+                       metadata={"eps": "0.01", "dataset": "mnist5k", "input_range": "0,1"})
+    back = import_onnx(path)
+    assert back.record["config"] == {"data": {"dataset": "mnist5k"}, "verify": {"eps": 0.01}}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "toolchain", "-q", "verify",  # noqa: E731
+                                     *map(str, a), "--n", "20", "--method", "ibp"],
+                                    capture_output=True, text=True, timeout=300)
+    res = run(path)
+    assert res.returncode == 0, res.stderr
+    assert "0.01" in res.stdout
+    bare = export_onnx(model, tmp_path / "bare.onnx")
+    res = run(bare)
+    assert res.returncode == 2 and "--data" in res.stderr

@@ -1,7 +1,7 @@
 """Atomic file writes: a killed run never leaves a half-written artifact.
 
-Write to a temporary file in the same directory, fsync, then ``os.replace``
-(atomic on POSIX within one file system).
+Write to a temporary file in the same directory, fsync, give it the mode the
+umask asks for, then ``os.replace`` (atomic on POSIX within one file system).
 """
 
 from __future__ import annotations
@@ -29,10 +29,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp made it 0600: honour the umask as open() would (and keep a
+        # program executable when the caller made it so)
+        executable = os.stat(tmp).st_mode & 0o111
+        os.chmod(tmp, _file_mode(0o777 if executable else 0o666))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _file_mode(base: int = 0o666) -> int:
+    """``base`` less the process umask: the mode a plain ``open(path, "w")`` gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

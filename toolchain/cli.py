@@ -116,7 +116,8 @@ def targets() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="vst.toml")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="vst.toml (default: ./vst.toml if it exists, else the built-in default).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
 @click.pass_context
@@ -126,16 +127,28 @@ def train(ctx, config_path, out, resume) -> None:
     Writes OUT/model.vst, OUT/training.png and a per-epoch checkpoint.
     """
     from toolchain.atomic import check_writable
-    from toolchain.config import load_config
     from toolchain.train.loop import MODEL_FILE, train as run_training
 
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path, ctx)
     check_writable(out, directory=True)
     model = run_training(cfg, out, resume=resume, show_progress=not ctx.obj["quiet"])
     last = model.record["epochs"][-1]
     click.echo(f"wrote {out / MODEL_FILE}: density {model.record['density']:.3f}, "
                f"clean {last['val_clean_acc']:.1%}, IBP-verified {last['val_ibp_verified_acc']:.1%} "
                f"at eps={cfg.verify.eps} (validation), {model.record['train_seconds']:.0f} s")
+
+
+def _load_config(given: Path | None, ctx):
+    """--config, else ./vst.toml when it exists (as `vst init` leaves it), else
+    the built-in default; once it has loaded, the first line says which."""
+    from toolchain.config import load_config
+
+    path = given if given is not None else (Path("vst.toml") if Path("vst.toml").is_file()
+                                            else None)
+    cfg = load_config(path)
+    if not ctx.obj["quiet"]:
+        click.echo(f"vst: config {path if path is not None else '(built-in default)'}", err=True)
+    return cfg
 
 
 def _eps_list(text: str | None) -> list[float] | None:
@@ -408,7 +421,8 @@ def _fmt(v) -> str:
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="vst.toml (default: the embedded default build on mnist5k).")
+              help="vst.toml (default: ./vst.toml if it exists, else the built-in default "
+                   "build on mnist5k).")
 @click.option("--target", "target_name", help="Target name or TOML file (default: config's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
               show_default=True)
@@ -422,9 +436,8 @@ def build(ctx, config_path, target_name, out, no_bench) -> None:
     the config fails (after writing everything).
     """
     from toolchain.build import build as run_build, check_out_dir
-    from toolchain.config import load_config
 
-    cfg = load_config(config_path)
+    cfg = _load_config(config_path, ctx)
     check_out_dir(out)
     summary = run_build(cfg, out, target_name=target_name, bench=False if no_bench else None,
                         show_progress=not ctx.obj["quiet"])

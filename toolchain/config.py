@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, get_type_hints
 
 from toolchain.errors import VstError
 
+log = logging.getLogger("vst.config")
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
 
 
@@ -217,7 +219,30 @@ def config_from_dict(data: dict) -> Config:
         if key not in sections:
             raise VstError(f"config: unknown section [{key}]{_did_you_mean(key, sections)}")
     hints = get_type_hints(Config)
-    return Config(**{k: _section(k, hints[k], v) for k, v in data.items()})
+    return _safe_schedule(Config(**{k: _section(k, hints[k], v) for k, v in data.items()}))
+
+
+def _safe_schedule(cfg: Config) -> Config:
+    """Training must reach its eps: when warm-up + ramp do not fit into the
+    epochs (say only ``epochs`` was lowered), both are scaled down in proportion
+    so the ramp ends by the last epoch, with a warning that says so.
+
+    >>> c = config_from_dict({"train": {"epochs": 6}})    # warm-up 2 + ramp 15
+    >>> (c.train.warmup_epochs, c.train.ramp_epochs)
+    (0, 6)
+    """
+    t = cfg.train
+    if t.warmup_epochs + t.ramp_epochs <= t.epochs:
+        return cfg
+    scale = t.epochs / (t.warmup_epochs + t.ramp_epochs)
+    warmup = int(t.warmup_epochs * scale)
+    ramp = max(t.epochs - warmup, 0)
+    log.warning("config: train.epochs = %d is shorter than warmup_epochs + ramp_epochs = "
+                "%d + %d, so training would never reach train.eps = %g; scaled them to "
+                "%d + %d (set them yourself to silence this)", t.epochs, t.warmup_epochs,
+                t.ramp_epochs, t.eps, warmup, ramp)
+    cfg.train = dataclasses.replace(t, warmup_epochs=warmup, ramp_epochs=ramp)
+    return cfg
 
 
 def load_config(path: str | Path | None) -> Config:

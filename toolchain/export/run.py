@@ -66,7 +66,8 @@ def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, g
     if "onnx" in formats or "vnnlib" in formats:
         from toolchain.export.onnx import export_onnx, onnx_parity
 
-        meta = {"eps": f"{eps:g}", "certificate_weights_sha256": model.weights_hash()}
+        meta = {"eps": f"{eps:g}", "certificate_weights_sha256": model.weights_hash(),
+                "dataset": data.name, "input_range": "0,1"}
         if verified_acc is not None:
             meta["verified_acc"] = f"{verified_acc:.6f}"
         files["onnx"] = export_onnx(model, out_dir / f"{name}.onnx", metadata=meta)

@@ -24,6 +24,8 @@ Conv2d(in_channels=1, out_channels=8, kernel=4, stride=2, padding=1)
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -219,10 +221,28 @@ def import_onnx(path) -> VstModel:
         network = L.Network(input_shape, tuple(chain.layers))
     except VstError as exc:
         raise VstError(f"ONNX graph does not form a valid network: {exc}") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
     record = {"imported_from": Path(path).name, "onnx_producer":
               f"{proto.producer_name} {proto.producer_version}".strip(),
-              "onnx_metadata": {p.key: p.value for p in proto.metadata_props}}
+              "onnx_metadata": meta, "config": _config_from_metadata(meta)}
     return VstModel(network, _state(network, chain.params), {}, record)
+
+
+def _config_from_metadata(meta: dict[str, str]) -> dict:
+    """The test eps and data set that vst's own export writes into the ONNX
+    metadata, as the record's config, so `vst verify model.onnx` needs no
+    --eps / --data; values that do not parse are ignored (then the flags are
+    needed, as for any other ONNX file)."""
+    config: dict = {}
+    if meta.get("dataset"):
+        config["data"] = {"dataset": meta["dataset"]}
+    try:
+        eps = float(meta.get("eps", "nan"))
+    except ValueError:
+        eps = float("nan")
+    if math.isfinite(eps) and eps >= 0:
+        config["verify"] = {"eps": eps}
+    return config
 
 
 def _load(path: Path):
