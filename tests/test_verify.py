@@ -112,7 +112,13 @@ def test_certificate_round_trip_and_model_swap(trained, tmp_path):
         s.update(verdict="verified", method="ibp", margin_lower=[1.0] * 9)
     (tmp_path / "forged.json").write_text(json.dumps(cert))
     bad = vst("verify", path, "--certificate", tmp_path / "forged.json")
-    assert bad.returncode == 1 and "does not re-check" in bad.stderr
+    assert bad.returncode == 1 and "but its samples give" in bad.stderr   # the counts lie
+    res["counts"] = {"verified": len(res["samples"]), "falsified": 0, "unknown": 0}
+    res.update(verified_by={"ibp": len(res["samples"])}, verified_acc=1.0,
+               robust_acc_upper=1.0, clean_acc=1.0)
+    (tmp_path / "forged.json").write_text(json.dumps(cert))
+    bad = vst("verify", path, "--certificate", tmp_path / "forged.json")
+    assert bad.returncode == 1 and "does not re-check" in bad.stderr      # and so do the claims
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -6,7 +6,8 @@ For each test sample at each eps, cheapest first:
 2. bounds (IBP, then CROWN, ...; the methods asked for) -> ``verified`` when
    every margin lower bound is > 0;
 3. PGD attack -> ``falsified`` when it finds an input in the box that changes
-   the prediction (re-checked: in the box, really misclassified);
+   the prediction (re-checked: in the box, really misclassified); the input is
+   kept (``SampleResult.counterexample``) so that a certificate can carry it;
 4. alpha-CROWN, when asked for, on what is still open;
 5. otherwise ``unknown``.
 
@@ -15,6 +16,7 @@ So verified <= robust under attack <= clean accuracy, by construction.
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass, field
 
@@ -35,10 +37,31 @@ class SampleResult:
     verdict: str               # verified | falsified | unknown
     method: str                # which step decided: clean | ibp | crown | alpha-crown | pgd | none
     margin_lower: list[float]  # from the tightest bound computed (empty if none was)
+    counterexample: torch.Tensor | None = None  # method "pgd": the input that broke it
 
     def to_dict(self) -> dict:
-        return {"index": self.index, "label": self.label, "verdict": self.verdict,
-                "method": self.method, "margin_lower": self.margin_lower}
+        out = {"index": self.index, "label": self.label, "verdict": self.verdict,
+               "method": self.method, "margin_lower": self.margin_lower}
+        if self.counterexample is not None:
+            out["counterexample"] = encode_input(self.counterexample)
+        return out
+
+
+def encode_input(x: torch.Tensor) -> str:
+    """One input as base64 of its float32 values, little-endian, in C order (exact)."""
+    data = x.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_input(text: str, shape) -> torch.Tensor:
+    """The inverse of ``encode_input``; ``ValueError`` unless it holds exactly ``shape``."""
+    import numpy as np
+
+    data = base64.b64decode(text.encode("ascii"), validate=True)
+    count = int(np.prod(shape))
+    if len(data) != 4 * count:
+        raise ValueError(f"{len(data)} bytes, expected {4 * count} (float32 {tuple(shape)})")
+    return torch.from_numpy(np.frombuffer(data, "<f4").astype(np.float32).reshape(shape))
 
 
 @dataclass
@@ -91,14 +114,17 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
     cheap = [m for m in steps if m != "alpha-crown"]
     for m in cheap:
         _bound_step(bounder, x, y, eps, m, verdict, decided_by, margins, on_batch)
-    _attack_step(module, x, y, eps, attack or AttackConfig(), verdict, decided_by)
+    counterexamples: dict[int, torch.Tensor] = {}
+    _attack_step(module, x, y, eps, attack or AttackConfig(), verdict, decided_by,
+                 counterexamples)
     if "alpha-crown" in steps:
         _bound_step(bounder, x, y, eps, "alpha-crown", verdict, decided_by, margins, on_batch)
     result = EpsResult(eps, method, seconds=0.0)
     for i in range(n):
         v = "unknown" if verdict[i] == "open" else verdict[i]
         mlist = [] if torch.isnan(margins[i]).all() else [float(m) for m in margins[i]]
-        result.samples.append(SampleResult(i, int(y[i]), v, decided_by[i], mlist))
+        result.samples.append(SampleResult(i, int(y[i]), v, decided_by[i], mlist,
+                                           counterexamples.get(i)))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -118,13 +144,14 @@ def _bound_step(bounder, x, y, eps, method, verdict, decided_by, margins, on_bat
             on_batch(method, len(idx))
 
 
-def _attack_step(module, x, y, eps, attack, verdict, decided_by) -> None:
+def _attack_step(module, x, y, eps, attack, verdict, decided_by, counterexamples) -> None:
     open_idx = torch.tensor([i for i, v in enumerate(verdict) if v == "open"], dtype=torch.long)
     if len(open_idx) == 0 or eps == 0:
         return
     found, adv = pgd(module, x[open_idx], y[open_idx], eps, attack)
     with torch.no_grad():
         really = found & in_box(adv, x[open_idx], eps) & (module(adv).argmax(1) != y[open_idx])
-    for i, ok in zip(open_idx.tolist(), really.tolist()):
+    for k, (i, ok) in enumerate(zip(open_idx.tolist(), really.tolist())):
         if ok:
             verdict[i], decided_by[i] = "falsified", "pgd"
+            counterexamples[i] = adv[k].detach().cpu()

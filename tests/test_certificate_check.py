@@ -1,0 +1,371 @@
+"""`vst verify MODEL --certificate F`: every claim re-checked; forgeries exit 1, junk exit 2.
+
+Each tamper case edits a real certificate of a tiny trained model. Forged
+claims must fail with exit 1, malformed files with exit 2; either way one line
+on stderr and never a traceback (nor the CLI's "unexpected" catch-all). The
+table runs through the CLI in-process (click's runner, the same code path);
+a few cases also run as a real ``python -m toolchain`` subprocess.
+"""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from helpers import tiny_config, tiny_mnist
+from toolchain.cli import cli
+from toolchain.data import load_dataset
+from toolchain.train.loop import train
+from toolchain.verify import verify_model
+from toolchain.verify.certificate import build_certificate, save_certificate
+from toolchain.verify.engine import encode_input
+
+EPS = 0.05
+N = 60
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("certcheck")
+    data_path = tiny_mnist(root / "tiny.npz")
+    cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,
+                                        "batch_size": 32, "lr": 2e-3, "eps": 0.08})
+    model = train(cfg, root / "run", show_progress=False)
+    dataset = load_dataset(str(data_path))
+    results = verify_model(model, dataset, [EPS], "crown", N, show_progress=False)
+    cert = build_certificate(model, dataset, results)
+    save_certificate(root / "cert.json", cert)
+    kinds = {(s["verdict"], s["method"]) for s in cert["results"][0]["samples"]}
+    for need in (("verified", "crown"), ("falsified", "pgd"), ("falsified", "clean")):
+        assert need in kinds, f"the tiny certificate needs a {need} sample: {kinds}"
+    return root, root / "run" / "model.vst", cert, dataset
+
+
+def run_cli(model, cert_path):
+    res = CliRunner().invoke(cli, ["-q", "verify", str(model), "--certificate", str(cert_path)])
+    return res.exit_code, res.stdout, res.stderr
+
+
+def run_proc(model, cert_path):
+    res = subprocess.run([sys.executable, "-m", "toolchain", "verify", str(model),
+                          "--certificate", str(cert_path)],
+                         capture_output=True, text=True, timeout=300)
+    return res.returncode, res.stdout, res.stderr
+
+
+def assert_one_line(code, stderr, expected_code, needle):
+    lines = stderr.strip().splitlines()
+    assert code == expected_code, stderr
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    assert needle in lines[0], lines[0]
+
+
+# -- helpers that edit a certificate -------------------------------------------------
+
+
+def res0(c):
+    return c["results"][0]
+
+
+def first(c, verdict, method=None):
+    return next(s for s in res0(c)["samples"]
+                if s["verdict"] == verdict and (method is None or s["method"] == method))
+
+
+def resum(c):
+    """Make every summary agree with the (edited) samples, as a careful forger would."""
+    for r in c["results"]:
+        ss, n = r["samples"], max(1, len(r["samples"]))
+        r["n"] = len(ss)
+        r["counts"] = {v: sum(s["verdict"] == v for s in ss)
+                       for v in ("verified", "falsified", "unknown")}
+        by = {}
+        for s in ss:
+            if s["verdict"] == "verified":
+                by[s["method"]] = by.get(s["method"], 0) + 1
+        r["verified_by"] = by
+        r["verified_acc"] = r["counts"]["verified"] / n
+        r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
+        r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
+        r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
+    return c
+
+
+def make_verified(s, k=9):
+    s.update(verdict="verified", method="crown", margin_lower=[1.0] * k)
+    s.pop("counterexample", None)
+
+
+def flip_pgd_to_verified(c):
+    make_verified(first(c, "falsified", "pgd"))
+    resum(c)
+
+
+def flip_clean_to_verified(c):
+    make_verified(first(c, "falsified", "clean"))
+    resum(c)
+
+
+def flip_all_to_verified(c):
+    for s in res0(c)["samples"]:
+        if s["verdict"] != "verified":
+            make_verified(s)
+    resum(c)
+
+
+def flip_unverified_no_resum(c):
+    make_verified(first(c, "falsified", "pgd"))
+
+
+def raise_one_margin(c):
+    s = first(c, "verified")
+    s["margin_lower"][0] += 0.5
+
+
+def negative_own_margin(c):
+    first(c, "verified")["margin_lower"][0] = -0.1
+
+
+def hide_misclassified_as_unknown(c):
+    first(c, "falsified", "clean").update(verdict="unknown", method="none")
+    resum(c)
+
+
+def verified_to_pgd_without_counterexample(c):
+    first(c, "verified").update(verdict="falsified", method="pgd")
+    resum(c)
+
+
+def counterexample_is_clean_input(c, dataset):
+    s = first(c, "falsified", "pgd")
+    s["counterexample"] = encode_input(torch.from_numpy(dataset.x_test[s["index"]]))
+
+
+def counterexample_outside_box(c, dataset):
+    s = first(c, "falsified", "pgd")
+    x = torch.from_numpy(dataset.x_test[s["index"]])
+    s["counterexample"] = encode_input(1.0 - x)       # far outside the eps-box
+
+
+def drop_unverified_samples(c):
+    r = res0(c)
+    r["samples"] = [s for s in r["samples"] if s["verdict"] == "verified"]
+    resum(c)
+
+
+def duplicate_verified_sample(c):
+    r = res0(c)
+    good = first(c, "verified")
+    r["samples"] = [copy.deepcopy(good) if s["verdict"] != "verified" else s
+                    for s in r["samples"]]
+    resum(c)
+
+
+def bump(key, delta):
+    def edit(c):
+        r = res0(c)
+        if key in r["counts"]:
+            r["counts"][key] += delta
+        else:
+            r[key] += delta
+    return edit
+
+
+def set_key(path, value):
+    def edit(c):
+        obj = c
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return edit
+
+
+def delete_key(path):
+    def edit(c):
+        obj = c
+        for k in path[:-1]:
+            obj = obj[k]
+        del obj[path[-1]]
+    return edit
+
+
+def on_sample(key, value, verdict="verified"):
+    def edit(c):
+        first(c, verdict)[key] = value
+    return edit
+
+
+def empty_samples(c):
+    res0(c)["samples"] = []
+    resum(c)
+
+
+def wrong_label(c):
+    s = first(c, "verified")
+    s["label"] = (s["label"] + 1) % 10
+
+
+def bigger_eps(c):
+    res0(c)["eps"] = 0.2
+
+
+def bad_counterexample_bytes(c):
+    first(c, "falsified", "pgd")["counterexample"] = "AAAA"
+
+
+FORGED = {   # exit 1
+    "pgd-falsified flipped to verified": (flip_pgd_to_verified, "re-computes to"),
+    "clean-falsified flipped to verified": (flip_clean_to_verified, "misclassifies it"),
+    "every sample flipped to verified (100%)": (flip_all_to_verified, "sample"),
+    "flip without fixing the summaries": (flip_unverified_no_resum, "but its samples give"),
+    "counts edited": (bump("verified", 1), "claims counts"),
+    "verified_acc edited": (bump("verified_acc", 0.01), "claims verified_acc"),
+    "robust_acc_upper edited": (bump("robust_acc_upper", 0.01), "claims robust_acc_upper"),
+    "n edited": (bump("n", 1), "claims n="),
+    "results emptied": (set_key(["results"], []), "results is empty"),
+    "samples emptied": (empty_samples, "no samples"),
+    "one margin raised": (raise_one_margin, "is higher than the re-computed crown bound"),
+    "own margin not positive": (negative_own_margin, "its own margins are not all > 0"),
+    "misclassified hidden as unknown": (hide_misclassified_as_unknown, "misclassifies it"),
+    "verified relabelled pgd, no counterexample": (verified_to_pgd_without_counterexample,
+                                                   "no counterexample is stored"),
+    "counterexample replaced by the clean input": (counterexample_is_clean_input,
+                                                   "classified correctly"),
+    "counterexample outside the box": (counterexample_outside_box, "outside the eps-box"),
+    "hard samples dropped": (drop_unverified_samples, "must be the first n="),
+    "a verified sample duplicated": (duplicate_verified_sample, "appears twice"),
+    "label edited": (wrong_label, "label"),
+    "eps raised": (bigger_eps, "eps=0.2"),
+    "params edited": (set_key(["model", "params"], 7), "parameters"),
+}
+
+MALFORMED = {  # exit 2
+    "version a string": (set_key(["version"], "1"), "'version'"),
+    "version newer": (set_key(["version"], 99), "newer"),
+    "model missing": (delete_key(["model"]), "'model' is missing"),
+    "model null": (set_key(["model"], None), "'model'"),
+    "weights hash not hex": (set_key(["model", "weights_sha256"], 5), "'model.weights_sha256'"),
+    "results missing": (delete_key(["results"]), "'results' is missing"),
+    "results null": (set_key(["results"], None), "'results'"),
+    "results a dict": (set_key(["results"], {"eps": 0.05}), "'results'"),
+    "result not an object": (set_key(["results"], [3]), "'results[0]'"),
+    "sample index 99999": (on_sample("index", 99999), "index"),
+    "sample index a string": (on_sample("index", "0"), "index"),
+    "sample index negative": (on_sample("index", -1), "index"),
+    "sample index a bool": (on_sample("index", True), "index"),
+    "margins of the wrong length": (on_sample("margin_lower", [1.0, 2.0]), "margin_lower"),
+    "margins a string": (on_sample("margin_lower", "big"), "margin_lower"),
+    "margin NaN": (on_sample("margin_lower", [float("nan")] * 9), "margin_lower"),
+    "verdict unknown word": (on_sample("verdict", "proven"), "verdict"),
+    "method unknown word": (on_sample("method", "magic"), "method"),
+    "label too large": (on_sample("label", 10), "label"),
+    "eps a string": (set_key(["results", 0, "eps"], "0.05"), "eps"),
+    "eps negative": (set_key(["results", 0, "eps"], -0.1), "eps"),
+    "eps infinite": (set_key(["results", 0, "eps"], float("inf")), "eps"),
+    "cascade unknown": (set_key(["results", 0, "method"], "magic"), "method"),
+    "counts not an object": (set_key(["results", 0, "counts"], 5), "counts"),
+    "counts key missing": (delete_key(["results", 0, "counts", "unknown"]), "counts.unknown"),
+    "verified_acc above 1": (set_key(["results", 0, "verified_acc"], 1.5), "verified_acc"),
+    "norm not Linf": (set_key(["norm"], "L2"), "norm"),
+    "train split": (set_key(["dataset", "split"], "train"), "split"),
+    "counterexample garbage": (bad_counterexample_bytes, "counterexample"),
+    "sample not an object": (set_key(["results", 0, "samples"], [1]), "samples[0]"),
+}
+
+
+def write_tampered(root, cert, dataset, name, edit):
+    c = copy.deepcopy(cert)
+    if edit.__code__.co_argcount == 2:      # edits that need the data
+        edit(c, dataset)
+    else:
+        edit(c)
+    path = root / (name.replace(" ", "_").replace("(", "").replace(")", "")
+                   .replace("%", "") + ".json")
+    path.write_text(json.dumps(c))
+    return path
+
+
+def test_genuine_certificate_re_checks_every_claim(setup):
+    root, model, cert, _ = setup
+    code, out, err = run_cli(model, root / "cert.json")
+    assert code == 0, err
+    claims = sum(s["verdict"] != "unknown" for s in res0(cert)["samples"])
+    assert f"all {claims} claims re-checked" in out
+
+
+@pytest.mark.parametrize("name", list(FORGED))
+def test_forgery_exits_1(setup, name):
+    root, model, cert, dataset = setup
+    edit, needle = FORGED[name]
+    path = write_tampered(root, cert, dataset, name, edit)
+    code, _, err = run_cli(model, path)
+    assert_one_line(code, err, 1, needle)
+    assert err.startswith("vst: gate failed: ") and str(path) in err
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_exits_2(setup, name):
+    root, model, cert, dataset = setup
+    edit, needle = MALFORMED[name]
+    path = write_tampered(root, cert, dataset, name, edit)
+    code, _, err = run_cli(model, path)
+    assert_one_line(code, err, 2, needle)
+    assert str(path) in err
+
+
+@pytest.mark.parametrize("name,edit", [("not json", "{"), ("a list", "[1, 2]")])
+def test_not_a_certificate_exits_2(setup, name, edit):
+    root, model, _, _ = setup
+    path = root / f"{name.replace(' ', '_')}.json"
+    path.write_text(edit)
+    code, _, err = run_cli(model, path)
+    assert_one_line(code, err, 2, str(path))
+
+
+def test_lower_margins_and_old_certificates_still_check(setup):
+    """A lower claimed margin is still true; no stored counterexample: attacked again."""
+    root, model, cert, _ = setup
+    c = copy.deepcopy(cert)
+    first(c, "verified")["margin_lower"] = [m / 2 for m in first(c, "verified")["margin_lower"]]
+    for s in res0(c)["samples"]:
+        s.pop("counterexample", None)
+    (root / "old.json").write_text(json.dumps(c))
+    code, out, err = run_cli(model, root / "old.json")
+    assert code == 0, err
+    assert "attacked again" in out
+
+
+@pytest.mark.parametrize("name,expected", [("pgd-falsified flipped to verified", 1),
+                                           ("sample index 99999", 2),
+                                           ("results null", 2)])
+def test_real_subprocess(setup, name, expected):
+    root, model, cert, dataset = setup
+    edit, needle = {**FORGED, **MALFORMED}[name]
+    path = write_tampered(root, cert, dataset, name, edit)
+    code, _, err = run_proc(model, path)
+    assert_one_line(code, err, expected, needle)
+
+
+def test_alpha_crown_certificate_re_checks(setup, tmp_path):
+    """alpha-CROWN claims re-check (sound fallback), and a raised alpha margin fails."""
+    root, model, _, _ = setup
+    path = tmp_path / "alpha.json"
+    res = subprocess.run([sys.executable, "-m", "toolchain", "-q", "verify", str(model),
+                          "--n", "15", "--eps", str(EPS), "--method", "alpha-crown",
+                          "--json", str(path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    c = json.loads(path.read_text())
+    code, out, err = run_cli(model, path)
+    assert code == 0 and "re-checked" in out, err
+    claims = [s for s in res0(c)["samples"] if s["verdict"] == "verified"]
+    if not claims:
+        pytest.skip("no alpha-CROWN claim among 15 samples")
+    claims[0]["margin_lower"][0] = claims[0]["margin_lower"][0] * 2 + 1.0
+    path.write_text(json.dumps(c))
+    code, _, err = run_cli(model, path)
+    assert_one_line(code, err, 1, "higher than the re-computed alpha-crown bound")
