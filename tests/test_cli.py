@@ -94,3 +94,30 @@ def test_vst_toml_in_the_working_folder_is_picked_up(tmp_path):
     (tmp_path / "vst.toml").write_text('[data]\ndataset = "missing.npz"\n')
     res = vst("train", "--out", "run", cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.splitlines()[0] == "vst: config vst.toml"
+
+
+def test_cli_consistency(tmp_path, monkeypatch):
+    """-q after the subcommand, Ctrl-C is 130, every option has help, a bad
+    target leaves no output folder behind."""
+    import click
+    from click.testing import CliRunner
+
+    from toolchain import cli as cli_module
+
+    assert cli_module.hoist_global_flags(["verify", "m.vst", "-q", "--", "-v"]) == \
+        ["-q", "verify", "m.vst", "--", "-v"]
+    res = vst("targets", "-q")
+    assert res.returncode == 0 and "cortex-m4" in res.stdout
+    missing = [(name, p.opts) for name, cmd in cli_module.cli.commands.items()
+               for p in cmd.params if isinstance(p, click.Option) and not p.help]
+    assert not missing
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("toolchain.data.list_builtin", interrupted)
+    result = CliRunner().invoke(cli_module.cli, ["datasets"])
+    assert result.exit_code == 130 and result.stderr.strip() == "vst: interrupted"
+    res = vst("build", "--target", "nosuch", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 2 and "unknown target" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -140,10 +140,12 @@ def test_int8_header_documents_layout_and_quantization(tmp_path, models):
     assert int(macros["VST_MODEL_INT8_INPUT_SIZE"]) == 784
     assert int(macros["VST_MODEL_INT8_OUTPUT_SIZE"]) == 10
     assert np.float32(macros["VST_MODEL_INT8_INPUT_SCALE"][:-1]) == np.float32(in_scale)
-    assert int(macros["VST_MODEL_INT8_INPUT_ZERO_POINT"]) == in_zp
+    # zero points are parenthesized: -128 must not glue onto an expression
+    assert macros["VST_MODEL_INT8_INPUT_ZERO_POINT"] == f"({in_zp})"
     assert np.float32(macros["VST_MODEL_INT8_OUTPUT_SCALE"][:-1]) == np.float32(out_scale)
-    assert int(macros["VST_MODEL_INT8_OUTPUT_ZERO_POINT"]) == out_zp
-    assert "NHWC" in (tmp_path / "model_int8.h").read_text()
+    assert macros["VST_MODEL_INT8_OUTPUT_ZERO_POINT"] == f"({out_zp})"
+    header = (tmp_path / "model_int8.h").read_text()
+    assert " * NHWC: index" in header and "*  *" not in header
     assert int(macros["VST_MODEL_INT8_ARENA_BYTES"]) > 0
 
 
@@ -151,7 +153,7 @@ GOLDEN_HARNESS = r"""
 #include <math.h>
 #include <stdio.h>
 #include "model_golden.h"
-#include "model_model_data.h"
+#include "model_data.h"
 /* Float and int8 self-test on the golden vectors: prints the failures of each. */
 int main(void)
 {
@@ -170,7 +172,7 @@ int main(void)
             int8_fail += q[i] != vst_model_golden_out_q[s][i];
         }
     }
-    printf("%d %d %u\n", float_fail, int8_fail, g_model_model_data_len);
+    printf("%d %d %u\n", float_fail, int8_fail, g_model_data_size);
     return 0;
 }
 """
@@ -449,3 +451,24 @@ int main(void)
                     for a, m, s in zip(acc, mult, shift)]
         assert got == expected
         assert len(set(expected)) > 50
+
+
+def test_weights_and_arena_go_into_the_sections_the_user_names(models, tmp_path):
+    """-DVST_WEIGHTS_ATTR / -DVST_ARENA_ATTR place every constant array and every
+    buffer (float and int8) into named sections, e.g. external flash and DTCM."""
+    require_tools("arm-none-eabi-gcc", "arm-none-eabi-objdump")
+    network, state, path, _ = models["cnn_small_bn"]
+    files = generate_c(network, state, tmp_path / "c", tflite_int8=path)["files"]
+    place = ['-DVST_WEIGHTS_ATTR=__attribute__((section(".ext_flash")))',
+             '-DVST_ARENA_ATTR=__attribute__((section(".dtcm")))']
+    for key in ("c", "int8_c"):
+        obj = tmp_path / f"{key}.o"
+        subprocess.run(["arm-none-eabi-gcc", *ARM_CPUS["cortex-m4-hard"], "-std=c99", "-O2",
+                        "-Wall", "-Wextra", "-Werror", "-pedantic", *place, "-c",
+                        str(files[key]), "-o", str(obj)], check=True)
+        sections = subprocess.run(["arm-none-eabi-objdump", "-h", str(obj)], capture_output=True,
+                                  text=True, check=True).stdout
+        sizes = {line.split()[1]: int(line.split()[2], 16) for line in sections.splitlines()
+                 if line.strip()[:1].isdigit()}
+        assert sizes.get(".ext_flash", 0) > 1000 and sizes.get(".dtcm", 0) > 1000, sizes
+        assert sizes.get(".rodata", 0) < 200 and sizes.get(".bss", 0) < 64, sizes

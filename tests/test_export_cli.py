@@ -20,7 +20,7 @@ def test_export_all_formats_unstructured(tmp_path):
     report = json.loads((out / "export.json").read_text())
     for name in ("model.onnx", "model_float.tflite", "model_int8.tflite", "instances.csv",
                  "vnnlib/prop_2.vnnlib", "c/model.c", "c/model_int8.c", "c/model_golden.h",
-                 "c/model_model_data.c"):
+                 "c/model_data.c"):
         assert (out / name).is_file(), name
     assert report["onnx_max_abs_diff"] <= 1e-5
     assert report["tflite_float_max_abs_diff"] <= 1e-4

@@ -151,7 +151,7 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
                      "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
         bench_res = stages.run("bench", _key(__version__, small.weights_hash(), asdict(target)),
-                               [out / "bench" / "bench.json"],
+                               [out / "bench" / target.name / "bench.json"],
                                lambda: _bench(out, target))
     summary = _summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
                        export_res, bench_res, time.perf_counter() - t0, stages)
@@ -254,7 +254,7 @@ def _verify_int8(tflite: Path, data, cfg, out: Path) -> dict:
 def _bench(out: Path, target) -> dict:
     from toolchain.bench import bench_model
 
-    return bench_model(out / "export" / "c", NAME, target, out / "bench")
+    return bench_model(out / "export" / "c", NAME, target, out / "bench" / target.name)
 
 
 def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ class VstGroup(click.Group):
             click.echo(f"vst: error: {exc}" if isinstance(exc, VstError) else f"vst: gate failed: {exc}",
                        err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:  # `vst datasets | head`: the reader left, nothing to say
+            sys.stderr = open(os.devnull, "w")   # noqa: SIM115 - python would print at exit
+            ctx.exit(0)
         except OSError as exc:   # an unwritable output, a full disk, a vanished input
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"vst: error: {where}{exc.strerror or exc}", err=True)
@@ -118,7 +122,8 @@ def targets() -> None:
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="vst.toml (default: ./vst.toml if it exists, else the built-in default).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for model.vst, training.png and the checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
 @click.pass_context
 def train(ctx, config_path, out, resume) -> None:
@@ -329,7 +334,8 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "formats", default="onnx,vnnlib,tflite,c", show_default=True,
               help="Comma-separated: onnx, vnnlib, tflite, c.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the exported files (and export.json).")
 @click.option("--data", help="Data for calibration and parity checks (default: the model's own).")
 @click.option("--eps", type=float, help="eps for VNN-LIB properties (default: the model's).")
 @click.option("--name", default="model", show_default=True, help="C identifier of the model.")
@@ -375,7 +381,8 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
 
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--target", "target_name", default="cortex-m4", show_default=True)
+@click.option("--target", "target_name", default="cortex-m4", show_default=True,
+              help="Target name (see `vst targets`) or a target TOML file.")
 @click.option("--name", default="model", show_default=True, help="C identifier of the model.")
 def bench(build_dir, target_name, name) -> None:
     """Build firmware from BUILD_DIR/export/c and measure it in QEMU.
@@ -425,7 +432,7 @@ def _fmt(v) -> str:
                    "build on mnist5k).")
 @click.option("--target", "target_name", help="Target name or TOML file (default: config's).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
-              show_default=True)
+              show_default=True, help="The build folder (summary.json, report.html, ...).")
 @click.option("--no-bench", is_flag=True, help="Skip the firmware build and QEMU run.")
 @click.pass_context
 def build(ctx, config_path, target_name, out, no_bench) -> None:
@@ -436,8 +443,10 @@ def build(ctx, config_path, target_name, out, no_bench) -> None:
     the config fails (after writing everything).
     """
     from toolchain.build import build as run_build, check_out_dir
+    from toolchain.targets import load_target
 
     cfg = _load_config(config_path, ctx)
+    load_target(target_name or cfg.target.name)       # a bad target leaves no folder behind
     check_out_dir(out)
     summary = run_build(cfg, out, target_name=target_name, bench=False if no_bench else None,
                         show_progress=not ctx.obj["quiet"])
@@ -458,8 +467,23 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "-vvv", "--verbose")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``vst verify m.vst -q`` means ``vst -q verify m.vst``: the global -v / -q
+    flags are accepted after the subcommand too (not after ``--``).
+
+    >>> hoist_global_flags(["verify", "m.vst", "-q"])
+    ['-q', 'verify', 'm.vst']
+    """
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main() -> None:
-    cli(prog_name="vst")
+    cli(args=hoist_global_flags(sys.argv[1:]), prog_name="vst")
 
 
 if __name__ == "__main__":

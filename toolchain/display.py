@@ -25,7 +25,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], title: str | No
 
     tab = Table(title=title, show_edge=False, header_style="bold")
     for i, h in enumerate(headers):
-        tab.add_column(h, no_wrap=i == 0)   # the first column names the row: never cut it
+        # the first column names the row: never cut; the others fold, never "…"
+        tab.add_column(h, no_wrap=i == 0, overflow="fold")
     for row in rows:
         tab.add_row(*row)
     console().print(tab)

@@ -7,7 +7,9 @@
 - ``NAME_int8.h`` / ``NAME_int8.c`` (with ``tflite_int8``): int8 inference
   with the constants and arithmetic of TFLite's reference kernels, bit-exact
   with TFLite Micro, ``vst_NAME_int8_infer``;
-- ``NAME_model_data.h`` / ``.c``: the .tflite flatbuffer as an aligned C array;
+- ``NAME_model_data.h`` / ``.c`` (``model_data.h`` for NAME ``model``): the
+  .tflite flatbuffer as the aligned array ``g_NAME_model_data`` (``g_model_data``)
+  and its ``_size``, TFLM's convention;
 - ``NAME_golden.h`` (with ``golden_x``): golden inputs and expected outputs;
 - ``NAME_ops.json``: per variant, the kernel calls in order (name, kind, MACs,
   storage): the operator index that ``VST_MARK`` reports when profiling.
@@ -43,7 +45,7 @@ from toolchain.export.c.golden import (quantize, reference_logits, render_golden
 from toolchain.export.c.int8_plan import int8_plan
 from toolchain.export.c.plan import float_plan
 from toolchain.export.c.tflite_graph import read_tflite
-from toolchain.export.c.tflm_array import render_model_data
+from toolchain.export.c.tflm_array import array_stem, render_model_data
 
 C_KEYWORDS = set("auto break case char const continue default do double else enum extern float "
                  "for goto if inline int long register restrict return short signed sizeof "
@@ -76,11 +78,11 @@ def int8_layout(shape: tuple[int, ...]) -> str:
     """The input layout comment of the int8 header, from the .tflite input shape."""
     if len(shape) == 4:
         _, h, w, c = shape
-        return f" * NHWC: index = (h * {w} + w) * {c} + c, h < {h}: the image channels-last."
+        return f"NHWC: index = (h * {w} + w) * {c} + c, h < {h}: the image channels-last."
     if len(shape) == 3:
         _, n, c = shape
-        return f" * NLC: index = l * {c} + c, l < {n}: the signal channels-last."
-    return f" * shape {list(shape)}, C order."
+        return f"NLC: index = l * {c} + c, l < {n}: the signal channels-last."
+    return f"shape {list(shape)}, C order."
 
 
 def _golden_inputs(network, golden_x) -> np.ndarray:
@@ -116,7 +118,9 @@ def _int8(network, path, storage: str, name: str, family: str) -> tuple[dict, di
     stores = int8_gen.storages(ops, storage)
     out = int8_gen.render_int8(ops, sizes, stores, (x_t, y_t), name=name,
                                banner=_banner(f"int8 inference of {name}, from {Path(path).name}"),
-                               input_layout=int8_layout(x_t.shape), family=family)
+                               input_layout=int8_layout(x_t.shape), family=family,
+                               layers=[i for i, layer in enumerate(network.layers)
+                                       if hasattr(layer, "weight_shape")])
     texts = {"int8_h": (f"{name}_int8.h", out["h"]), "int8_c": (f"{name}_int8.c", out["c"])}
     summary = {"arena_bytes": out["arena_bytes"], "weight_bytes": out["weight_bytes"],
                "kernels": family, "layers": int8_gen.storage_table(ops, stores),
@@ -130,8 +134,8 @@ def _model_data(path, name: str) -> dict:
         raise VstError(f"tflite model not found: {path}")
     data = render_model_data(path.read_bytes(), name=name, source=path.name,
                              banner=_banner(f"{path.name} as a C array"))
-    return {"model_data_h": (f"{name}_model_data.h", data["h"]),
-            "model_data_c": (f"{name}_model_data.c", data["c"])}
+    stem = array_stem(name)
+    return {"model_data_h": (f"{stem}.h", data["h"]), "model_data_c": (f"{stem}.c", data["c"])}
 
 
 def _golden(network, state, x: np.ndarray, name: str, graph, io) -> dict:

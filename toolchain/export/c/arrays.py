@@ -128,15 +128,22 @@ def c_values(values, ctype: str, per_line: int = 12, indent: str = "    ") -> st
 
 
 def c_array(ctype: str, name: str, values, *, qualifiers: str = "static const",
-            align: int = 0) -> str:
+            align: int = 0, attrs: str = "") -> str:
     """A complete C array definition; an empty array gets one 0 (C has no empty arrays).
-    ``align``: bytes of alignment through the generated file's ``VST_ALIGN`` macro."""
+    ``align``: bytes of alignment through the generated file's ``VST_ALIGN`` macro;
+    ``attrs``: more attributes (macros) after the declarator."""
     flat = np.asarray(values).ravel()
     if flat.size == 0:
         flat = np.zeros(1, dtype=np.int64)
     body = c_values(flat, ctype)
-    aligned = f" VST_ALIGN({align})" if align else ""
-    return f"{qualifiers} {ctype} {name}[{flat.size}]{aligned} = {{\n{body}\n}};"
+    extra = (f" VST_ALIGN({align})" if align else "") + (f" {attrs}" if attrs else "")
+    return f"{qualifiers} {ctype} {name}[{flat.size}]{extra} = {{\n{body}\n}};"
+
+
+def weights_array(ctype: str, name: str, values, *, align: int = 4) -> str:
+    """A constant array of a generated model: 4-byte aligned, placed by the
+    user's ``VST_WEIGHTS_ATTR`` (e.g. a section in external flash)."""
+    return c_array(ctype, name, values, align=align, attrs="VST_WEIGHTS_ATTR")
 
 
 def array_bytes(values, ctype: str) -> int:

@@ -35,7 +35,7 @@ outputs agree to float rounding (about 1e-6 relative), not bit for bit.
 
 from __future__ import annotations
 
-from toolchain.export.c.arrays import Storage, array_bytes, c_array
+from toolchain.export.c.arrays import Storage, array_bytes, weights_array
 from toolchain.export.c.plan import ConvGeom, FloatOp, op_row
 from toolchain.export.c.template import kernels, render
 
@@ -47,12 +47,12 @@ def _weights(op: FloatOp, tag: str, storage: Storage) -> tuple[list[str], list[s
     """Constant definitions, kernel sections, the weight arguments of the call, bytes."""
     conv = op.kind == "conv"
     if storage.kind == "dense":
-        defs = [c_array("float", f"{tag}_w", storage.matrix)]
+        defs = [weights_array("float", f"{tag}_w", storage.matrix)]
         return defs, [("conv_dense" if conv else "dense_dense", {})], f"{tag}_w", storage.bytes
     itype = storage.index_ctype[:-2]
-    defs = [c_array("float", f"{tag}_val", storage.values),
-            c_array(storage.index_ctype, f"{tag}_col", storage.cols),
-            c_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
+    defs = [weights_array("float", f"{tag}_val", storage.values),
+            weights_array(storage.index_ctype, f"{tag}_col", storage.cols),
+            weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
     section = ("conv_sparse" if conv else "dense_sparse", {"itype": itype})
     size = (array_bytes(storage.values, "float")
             + array_bytes(storage.cols, storage.index_ctype)
@@ -69,7 +69,7 @@ def _im2col(tag: str, g: ConvGeom) -> tuple[str, dict]:
 def _weighted(op: FloatOp, storage: Storage) -> tuple[list[str], list, str, int]:
     tag = f"l{op.layer}"
     defs, sections, args, size = _weights(op, tag, storage)
-    defs.append(c_array("float", f"{tag}_b", op.bias))
+    defs.append(weights_array("float", f"{tag}_b", op.bias))
     size += array_bytes(op.bias, "float")
     suffix = "dense" if storage.kind == "dense" else f"sparse_{storage.index_ctype[:-2]}"
     tail = f"{tag}_b, {int(op.relu)}, {op.src}, {op.dst}"
@@ -91,7 +91,8 @@ def _weighted(op: FloatOp, storage: Storage) -> tuple[list[str], list, str, int]
 def _elementwise(op: FloatOp) -> tuple[list[str], list, str, int]:
     if op.kind == "normalize":
         tag = f"l{op.layer}"
-        defs = [c_array("float", f"{tag}_mean", op.mean), c_array("float", f"{tag}_std", op.std)]
+        defs = [weights_array("float", f"{tag}_mean", op.mean),
+                weights_array("float", f"{tag}_std", op.std)]
         plane = op.n_in // len(op.mean)
         call = (f"vst_normalize({len(op.mean)}, {plane}, {tag}_mean, {tag}_std, "
                 f"{op.src}, {op.dst});")
@@ -135,7 +136,8 @@ def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, St
         calls.append(f"    {call}\n    VST_MARK({k});")
         weight_bytes += size
     sizes = {**sizes, "patch": patch_floats(ops)}
-    buffers = [f"static float {buf}[{n}];" for buf, n in sizes.items() if n > 0]
+    buffers = [f"static float {buf}[{n}] VST_ALIGN(4) VST_ARENA_ATTR;"
+               for buf, n in sizes.items() if n > 0]
     arena = 4 * sum(sizes.values())
     values = dict(banner=banner, name=name, NAME=name.upper(), input_size=input_size,
                   output_size=ops[-1].n_out, input_layout=input_layout,

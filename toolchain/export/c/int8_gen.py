@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from toolchain.errors import VstError
-from toolchain.export.c.arrays import Storage, array_bytes, c_array, float_literal
+from toolchain.export.c.arrays import Storage, array_bytes, weights_array, float_literal
 from toolchain.export.c.int8_plan import QOp
 from toolchain.export.c.plan import op_row
 from toolchain.export.c.template import kernels, render
@@ -89,9 +89,9 @@ def all_right(op: QOp, bias: np.ndarray) -> bool:
 
 def _requant_defs(op: QOp, tag: str) -> tuple[list[str], int]:
     bias = folded_bias(op)
-    defs = [c_array("int32_t", f"{tag}_b", bias),
-            c_array("int32_t", f"{tag}_mult", op.mult),
-            c_array("int8_t", f"{tag}_shift", op.shift),
+    defs = [weights_array("int32_t", f"{tag}_b", bias),
+            weights_array("int32_t", f"{tag}_mult", op.mult),
+            weights_array("int8_t", f"{tag}_shift", op.shift),
             f"static const vst_requant {tag}_q = {{{-op.in_offset}, {op.out_offset}, "
             f"{op.act[0]}, {op.act[1]}, {int(all_right(op, bias))}, {tag}_mult, {tag}_shift}};"]
     size = sum(array_bytes(a, t) for a, t in
@@ -114,15 +114,15 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
         # the portable ones read the operand order directly.
         _, slot = operand_slots(kp)
         matrix = storage.matrix[:, slot] if family == "dsp" else storage.matrix
-        defs.insert(0, c_array("int8_t", f"{tag}_w", matrix, align=4))
+        defs.insert(0, weights_array("int8_t", f"{tag}_w", matrix))
         size += storage.bytes
         sections.append((f"{kind}_{family}", {}))
         fn, args = f"vst_{kind}_{family}", f"{tag}_w"
     else:
         itype = storage.index_ctype[:-2]
-        defs[:0] = [c_array("int8_t", f"{tag}_val", storage.values),
-                    c_array(storage.index_ctype, f"{tag}_pos", storage.cols),
-                    c_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
+        defs[:0] = [weights_array("int8_t", f"{tag}_val", storage.values),
+                    weights_array(storage.index_ctype, f"{tag}_pos", storage.cols),
+                    weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
         size += storage.bytes
         sections.append((f"{kind}_sparse", {"itype": itype}))
         fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
@@ -136,7 +136,7 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
         call = (f"{fn}({op.weight.shape[1]}, {kp}, {op.weight.shape[0]}, {args}, {tag}_b, "
                 f"&{tag}_q, vst_col, {op.src}, {op.dst});")
         scratch = (kp, 0)
-    defs.insert(0, f"/* operator {op.index}: {op.name}, {storage.describe()}, "
+    defs.insert(0, f"/* {tag}: TFLite operator {op.index} {op.name}, {storage.describe()}, "
                    f"{family if storage.kind == 'dense' else 'sparse'} kernel */")
     return defs, sections, call, size, scratch
 
@@ -144,7 +144,7 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
 def _data_op(op: QOp, tag: str) -> tuple[list[str], list, str, int]:
     if op.kind == "copy":
         return [], [("copy", {})], f"vst_copy({op.n_out}, {op.src}, {op.dst});", 0
-    defs = [f"/* operator {op.index}: {op.name} */", c_array("int", f"{tag}_p", op.params)]
+    defs = [f"/* operator {op.index}: {op.name} */", weights_array("int", f"{tag}_p", op.params)]
     size = array_bytes(op.params, "int32_t")
     if op.kind == "pad":
         return defs, [("pad", {})], f"vst_pad({tag}_p, {op.pad_value}, {op.src}, {op.dst});", size
@@ -153,14 +153,21 @@ def _data_op(op: QOp, tag: str) -> tuple[list[str], list, str, int]:
 
 def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage],
                 io: tuple[Tensor, Tensor], *, banner: str, name: str,
-                input_layout: str, family: str = "dsp") -> dict:
+                input_layout: str, family: str = "dsp",
+                layers: list[int] | None = None) -> dict:
     """``{"h": text, "c": text, "arena_bytes": n, "weight_bytes": n}``; ``family``
-    is the dense kernel family (``FAMILIES``)."""
+    is the dense kernel family (``FAMILIES``); ``layers``: the layer-list index of
+    each weighted layer, in order (names the constants as the float code does)."""
     if family not in FAMILIES:
         raise VstError(f"unknown int8 kernel family {family!r}; choose {', '.join(FAMILIES)}")
     defs, sections, calls, weight_bytes, scratch, row = [], [], [], 0, 0, 0
+    weighted = [op for op in ops if op.weight is not None]
+    # the k-th conv / fc op is the k-th weighted layer of the layer list: its
+    # constants are named after that layer (l5_w), as in the float code
+    layer_tags = ({id(op): f"l{i}" for op, i in zip(weighted, layers)}
+                  if layers is not None and len(layers) == len(weighted) else {})
     for k, op in enumerate(ops):
-        tag = f"op{op.index}"
+        tag = layer_tags.get(id(op), f"op{op.index}")
         if op.weight is not None:
             d, s, call, size, (need, need_row) = _weighted(op, stores[op.index], tag, family)
             scratch, row = max(scratch, need), max(row, need_row)
@@ -170,12 +177,14 @@ def render_int8(ops: list[QOp], sizes: dict[str, int], stores: dict[int, Storage
         sections += s
         calls.append(f"    {call}\n    VST_MARK({k});")
         weight_bytes += size
-    buffers = [f"static int8_t {buf}[{n}] VST_ALIGN(4);" for buf, n in sizes.items() if n > 0]
+    buffers = [f"static int8_t {buf}[{n}] VST_ALIGN(4) VST_ARENA_ATTR;"
+               for buf, n in sizes.items() if n > 0]
     if scratch:
-        buffers.append(f"static int16_t vst_col[{scratch}] VST_ALIGN(4);  "
+        buffers.append(f"static int16_t vst_col[{scratch}] VST_ALIGN(4) VST_ARENA_ATTR;  "
                        "/* int16 operands (im2col) */")
     if row:
-        buffers.append(f"static int8_t vst_row[{row}];  /* one kernel row at the border */")
+        buffers.append(f"static int8_t vst_row[{row}] VST_ALIGN(4) VST_ARENA_ATTR;  "
+                       "/* one kernel row at the border */")
     arena = sum(sizes.values()) + 2 * scratch + row
     x, y = io
     values = dict(banner=banner, name=name, NAME=name.upper(), input_size=x.size,

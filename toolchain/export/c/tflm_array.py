@@ -1,6 +1,7 @@
 """The .tflite flatbuffer as a C array for TensorFlow Lite Micro users.
 
-``NAME_model_data.h`` declares ``g_NAME_model_data`` and its length;
+``NAME_model_data.h`` declares ``g_NAME_model_data`` and ``g_NAME_model_data_size``
+(``model_data.h``, ``g_model_data`` for the default NAME ``model``);
 ``NAME_model_data.c`` defines them, 16-byte aligned (TFLM reads the
 flatbuffer in place). The file is valid C99 with GCC/Clang (aligned
 attribute), C11 (``<stdalign.h>``) and C++11 (``alignas`` keyword).
@@ -24,8 +25,20 @@ def _hex_body(data: bytes) -> str:
     return ",\n".join(lines)
 
 
+def array_stem(name: str) -> str:
+    """File stem and (after ``g_``) symbol of the array, TFLM's convention
+    ``g_<name>_model_data``, without doubling ``model``:
+
+    >>> array_stem("kws"), array_stem("model")
+    ('kws_model_data', 'model_data')
+    """
+    return "model_data" if name == "model" else f"{name}_model_data"
+
+
 def render_model_data(data: bytes, *, banner: str, name: str, source: str) -> dict[str, str]:
     """``{"h": header text, "c": source text}`` holding ``data``."""
-    values = dict(banner=banner, name=name, NAME=name.upper(), length=len(data), source=source)
+    stem = array_stem(name)
+    values = dict(banner=banner, stem=stem, STEM=stem.upper(), symbol=f"g_{stem}",
+                  length=len(data), source=source)
     return {"h": render("model_data.h.in", **values),
             "c": render("model_data.c.in", **values, data=_hex_body(data))}
