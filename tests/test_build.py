@@ -119,6 +119,12 @@ def test_unchanged_inputs_are_skipped_and_gate_fails(built):
     assert summary["stages"]["ran"] == []          # only the gate changed
     assert set(summary["stages"]["skipped"]) >= {"train", "verify", "compact", "export", "bench"}
     assert summary["gates"]["passed"] is False
+    # a cached re-run says so and keeps the real cost of what it reused
+    times = summary["stages"]["times"]
+    assert times["train"]["reused"] and times["train"]["seconds"] > 1 and times["train"]["at"]
+    assert summary["seconds"] >= times["train"]["seconds"] > summary["run_seconds"]
+    assert summary["stages"]["reused"].startswith("reused train (")
+    assert "this run" in (root / "out" / "report.md").read_text()
 
 
 def test_bad_target_and_config_exit_2(tmp_path):

@@ -50,11 +50,25 @@ class Stages:
             self.skipped.append(stage)
             log.info("%s: inputs unchanged, skipped", stage)
             return entry["result"]
+        start = time.perf_counter()
         result = fn()
-        self.memo[stage] = {"key": key, "result": result}
+        self.memo[stage] = {"key": key, "result": result, "seconds": time.perf_counter() - start,
+                            "at": time.strftime("%Y-%m-%d %H:%M:%S")}
         write_text(self.path, json.dumps(self.memo, indent=1, default=str))
         self.ran.append(stage)
         return result
+
+    def times(self) -> dict[str, dict]:
+        """Per stage of this build: seconds it took when it ran, when, and
+        whether this run reused it."""
+        return {s: {"seconds": self.memo[s].get("seconds"), "at": self.memo[s].get("at"),
+                    "reused": s in self.skipped} for s in self.ran + self.skipped}
+
+    def reused_text(self) -> str:
+        """E.g. "reused train (2026-12-02 05:00:12, 128 s), verify (...)"."""
+        parts = [f"{s} ({self.memo[s].get('at', '?')}, {self.memo[s].get('seconds') or 0:.0f} s)"
+                 for s in self.skipped]
+        return "reused " + ", ".join(parts) if parts else ""
 
 
 @contextlib.contextmanager
@@ -162,9 +176,17 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     failed = _gates(cfg, summary)
     summary["gates"] = {"passed": not failed, "failed": failed,
                         "text": "; ".join(failed) if failed else "all passed"}
+    if stages.skipped:
+        progress.say(f"inputs unchanged: {stages.reused_text()}")
+    run_seconds = time.perf_counter() - t0
+    summary["stages"]["times"] = stages.times()
+    summary["stages"]["reused"] = stages.reused_text()
+    # the build's cost: what the reused stages took when they ran, plus this run
+    summary["run_seconds"] = run_seconds
+    summary["seconds"] = run_seconds + sum(stages.memo[s].get("seconds") or 0
+                                           for s in stages.skipped)
     from toolchain.report import write_reports
     write_reports(out, summary)
-    summary["seconds"] = time.perf_counter() - t0
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     if failed:
         raise GateFailed("; ".join(failed))

@@ -456,7 +456,9 @@ def build(ctx, config_path, target_name, out, no_bench) -> None:
                f"({summary['verify']['method']}), params {summary['compact']['params_after']:,}, "
                + (f"{t['instructions_per_inference']:,} instructions/inference on {t['name']}, "
                   if t.get("instructions_per_inference") else "")
-               + f"{summary['seconds']:.0f} s")
+               + f"{summary['seconds']:.0f} s"
+               + (f" ({summary['stages']['reused']}; this run {summary['run_seconds']:.0f} s)"
+                  if summary["stages"].get("reused") else ""))
 
 
 def _human_bytes(n: int) -> str:
