@@ -121,3 +121,22 @@ def test_cli_consistency(tmp_path, monkeypatch):
     res = vst("build", "--target", "nosuch", "--out", "out", cwd=tmp_path)
     assert res.returncode == 2 and "unknown target" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_reaches_logs_when_not_a_terminal(tmp_path):
+    """Under CI or `make build > log` (stderr not a terminal) training prints a
+    line per epoch and verification a line per eps, without -v."""
+    from helpers import tiny_mnist
+
+    tiny_mnist(tmp_path / "tiny.npz")
+    (tmp_path / "vst.toml").write_text(
+        '[data]\ndataset = "tiny.npz"\n[model]\narch = "cnn_small"\nchannels = [4, 8]\n'
+        'widths = [16]\n[train]\nepochs = 2\nbatch_size = 64\nwarmup_epochs = 1\n'
+        'ramp_epochs = 1\nval_size = 64\n[verify]\neps = 0.05\n')
+    res = vst("train", "--out", "run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    epochs = [line for line in res.stderr.splitlines() if line.startswith("vst: train ")]
+    assert [line.split()[2] for line in epochs] == ["1/2", "2/2"] and "eps" in epochs[-1]
+    res = vst("verify", "run/model.vst", "--n", "40", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert any(line.startswith("vst: verify eps=0.05 40/40") for line in res.stderr.splitlines())
