@@ -1,17 +1,25 @@
 """Per-epoch checkpoints for ``vst train --resume``.
 
-Everything needed to continue bit-for-bit: weights, masks, Adam state, the
-epoch reached and the record so far. Stored with safetensors + JSON (no
-pickle), written atomically. Random streams need no saving: every shuffle and
-every random regrowth draws from a generator seeded by (seed, epoch/step).
+Everything needed to continue bit-for-bit: weights, masks, Adam state
+(moments and step), the epoch and optimizer step reached, the record so far,
+the process-wide random states (torch, numpy, python ``random``) and the torch
+thread count. Stored with safetensors + JSON (no pickle), written atomically,
+so a run killed at any point resumes from the last whole epoch.
+
+The training streams themselves need no state: every shuffle and every random
+regrowth draws from a generator seeded by (seed, epoch/step), and the schedules
+are pure functions of the step. The global random states are saved anyway, so
+that anything that draws from them (none of today's code does) stays exact.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from toolchain.atomic import atomic_path
@@ -28,6 +36,32 @@ class Checkpoint:
     optimizer: dict            # torch optimizer state_dict
     record: dict
     config: dict
+    step: int = -1             # optimizer steps taken (-1: not recorded, older checkpoint)
+    rng: dict = field(default_factory=dict)   # capture_rng(); {} when not recorded
+
+
+def capture_rng() -> dict:
+    """The process-wide random states and the thread count, to save with a checkpoint."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next],
+            "threads": torch.get_num_threads()}
+
+
+def restore_rng(rng: dict) -> None:
+    """Put back what :func:`capture_rng` saved (CPU reductions split per thread,
+    so the thread count is part of what makes a step bit-exact)."""
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if rng["threads"] != torch.get_num_threads():
+        torch.set_num_threads(rng["threads"])
 
 
 def save_checkpoint(out_dir: Path, ck: Checkpoint) -> None:
@@ -40,8 +74,12 @@ def save_checkpoint(out_dir: Path, ck: Checkpoint) -> None:
         opt_meta["state"][str(idx)] = sorted(st)
         for key, value in st.items():
             tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).detach().contiguous()
-    meta = {"epoch": str(ck.epoch), "record": json.dumps(ck.record, default=str),
+    meta = {"epoch": str(ck.epoch), "step": str(ck.step),
+            "record": json.dumps(ck.record, default=str),
             "config": json.dumps(ck.config), "optimizer": json.dumps(opt_meta)}
+    if ck.rng:
+        tensors["rng.torch"] = ck.rng["torch"].contiguous()
+        meta["rng"] = json.dumps({k: v for k, v in ck.rng.items() if k != "torch"})
     with atomic_path(out_dir / CHECKPOINT) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
@@ -57,6 +95,12 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
             meta = fh.metadata()
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         opt_meta = json.loads(meta["optimizer"])
+        for group in opt_meta["param_groups"]:       # JSON made Adam's betas a list
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
+        rng = {}
+        if "rng" in meta:
+            rng = {**json.loads(meta["rng"]), "torch": tensors["rng.torch"]}
         optimizer = {"param_groups": opt_meta["param_groups"],
                      "state": {int(i): {k: tensors[f"opt.{i}.{k}"] for k in keys}
                                for i, keys in opt_meta["state"].items()}}
@@ -65,6 +109,6 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
             state={k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
             masks={k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
             optimizer=optimizer, record=json.loads(meta["record"]),
-            config=json.loads(meta["config"]))
+            config=json.loads(meta["config"]), step=int(meta.get("step", -1)), rng=rng)
     except (SafetensorError, KeyError, ValueError, OSError) as exc:
         raise VstError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0]})") from None

@@ -4,6 +4,17 @@
 network from the layer list, trains it under the certified loss (sparse from a
 random sparse mask with dynamic sparse training, or dense), checkpoints every
 epoch, and writes ``model.vst`` plus ``training.png`` into ``out_dir``.
+
+Resume is exact: a run killed at any point and resumed with ``resume=True``
+ends with the same weights, bit for bit, as the run never interrupted. Two
+things make it so. The checkpoint holds all the state (see ``checkpoint.py``),
+and every step computes the same way whatever the process did before:
+auto_LiRPA's CROWN code runs TorchScript functions, and TorchScript's profiling
+executor runs a function's first calls unoptimized (again when input shapes
+change) and later ones optimized, with a different (equally valid) gradient
+formula, so a resumed process, new to those calls, rounded differently from
+the process that ran from the start. ``_same_every_call`` has TorchScript run its graphs
+as written, every call.
 """
 
 from __future__ import annotations
@@ -22,7 +33,8 @@ from toolchain.models.torch_build import build_torch
 from toolchain.models.zoo import build_network
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss, evaluate, ibp_init
-from toolchain.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from toolchain.train.checkpoint import (Checkpoint, capture_rng, load_checkpoint,
+                                        restore_rng, save_checkpoint)
 from toolchain.train.growth import grow_scores
 from toolchain.train.schedule import Schedule
 
@@ -97,16 +109,27 @@ def make_run(cfg: Config, data, *, method: str | None = None) -> Run:
     return Run(cfg, network, module, bounder, sparsifier, optimizer, schedule, x, y, x_val, y_val)
 
 
+def _same_every_call():
+    """TorchScript without its graph optimizer: a step's arithmetic does not
+    depend on which calls the process made before (see the module docstring)."""
+    return torch.jit.optimized_execution(False)
+
+
+def steps_per_epoch(run: Run) -> int:
+    return -(-len(run.x) // run.cfg.train.batch_size)
+
+
+@_same_every_call()
 def train_epoch(run: Run, epoch: int) -> dict:
     """One pass over the training data; returns the epoch's mean loss and accuracy."""
     t = run.cfg.train
     run.module.train()
     order = torch.randperm(len(run.x), generator=torch.Generator().manual_seed(
         t.seed * 1_000_003 + epoch))
-    steps_per_epoch = -(-len(run.x) // t.batch_size)
+    n_steps = steps_per_epoch(run)
     loss_sum = correct = moved = 0.0
-    for b in range(steps_per_epoch):
-        step = epoch * steps_per_epoch + b
+    for b in range(n_steps):
+        step = epoch * n_steps + b
         idx = order[b * t.batch_size:(b + 1) * t.batch_size]
         xb, yb = run.x[idx], run.y[idx]
         eps = run.schedule.eps(step)
@@ -149,6 +172,7 @@ def _update_masks(run: Run, xb, yb, eps: float, step: int) -> int:
     return moved
 
 
+@_same_every_call()
 def epoch_metrics(run: Run, epoch: int, stats: dict, seconds: float) -> dict:
     clean, verified = evaluate(run.module, run.bounder, run.x_val, run.y_val,
                                run.cfg.verify.eps)
@@ -200,10 +224,14 @@ def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
     if ck.config != run.cfg.to_dict():
         raise VstError(f"{out_dir}: checkpoint was made with a different config; "
                        "resume with the same config or start a new --out")
+    if ck.step not in (-1, ck.epoch * steps_per_epoch(run)):
+        raise VstError(f"{out_dir}: checkpoint at epoch {ck.epoch} has {ck.step} steps, "
+                       f"expected {ck.epoch * steps_per_epoch(run)}; start a new --out")
     run.module.load_state_dict(ck.state)
     run.optimizer.load_state_dict(ck.optimizer)
     if run.sparsifier is not None:
         run.sparsifier.load_param_masks(ck.masks)
+    restore_rng(ck.rng)
     run.record = ck.record
     return ck.epoch, float(ck.record.get("seconds_total", 0.0))
 
@@ -226,7 +254,8 @@ def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
             save_checkpoint(out_dir, Checkpoint(
                 epoch + 1, run.module.state_dict(),
                 run.sparsifier.param_masks() if run.sparsifier else {},
-                run.optimizer.state_dict(), run.record, run.cfg.to_dict()))
+                run.optimizer.state_dict(), run.record, run.cfg.to_dict(),
+                step=(epoch + 1) * steps_per_epoch(run), rng=capture_rng()))
             bar.update(task, advance=1, info=(
                 f"eps {row['eps']:.3f} loss {row['loss']:.2f} clean {row['val_clean_acc']:.0%} "
                 f"IBP-ver {row['val_ibp_verified_acc']:.0%} d {row['density']:.2f}"))
