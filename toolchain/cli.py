@@ -186,9 +186,12 @@ def _eps_list(text: str | None) -> list[float] | None:
               help="Check this certificate against MODEL instead of verifying anew.")
 @click.option("--c-source", type=click.Path(dir_okay=False, path_type=Path),
               help="int8 (.tflite) only: the generated int8 C the certificate also names.")
+@click.option("--shard", "shard_text", metavar="I/N",
+              help="Only shard I of N: test samples with index % N == I (merge the "
+                   "certificates with `vst certificate merge`).")
 @click.pass_context
 def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
-           plot_path, cert_path, c_source) -> None:
+           plot_path, cert_path, c_source, shard_text) -> None:
     """Verify MODEL's robustness on the test split; gate CI on it.
 
     MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
@@ -210,6 +213,16 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
     eps_list = _eps_list(eps_text)
+    shard = None
+    if shard_text is not None:
+        from toolchain.verify.shard import parse_shard
+
+        shard = parse_shard(shard_text)
+        if cert_path is not None:
+            raise VstError("--shard does not apply with --certificate (a shard certificate "
+                           "says which shard it is)")
+        if model.suffix.lower() == ".tflite":
+            raise VstError("--shard is not supported for an int8 .tflite")
     for path in (json_path, junit_path, plot_path):
         if path is not None:
             check_writable(path)
@@ -219,13 +232,25 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
     if cert_path is not None:
-        click.echo(check_certificate(load_certificate(cert_path), vst_model, dataset))
+        cert = load_certificate(cert_path)
+        click.echo(check_certificate(cert, vst_model, dataset))
+        if min_verified is not None:      # the re-checked claims, gated like a fresh run
+            _gate_certificate(cert, min_verified)
         return
     eps_list = eps_list or [default_eps(vst_model)]
-    results = verify_model(vst_model, dataset, eps_list, method, n,
-                           show_progress=not ctx.obj["quiet"])
+    record = None
+    if shard is not None:
+        from toolchain.verify.shard import verify_shard
+
+        results, record = verify_shard(vst_model, dataset, eps_list, method, n, shard,
+                                       show_progress=not ctx.obj["quiet"])
+    else:
+        results = verify_model(vst_model, dataset, eps_list, method, n,
+                               show_progress=not ctx.obj["quiet"])
     print_table(results)
     cert = build_certificate(vst_model, dataset, results)
+    if record is not None:
+        cert["shard"] = record
     if json_path:
         save_certificate(json_path, cert)
     if junit_path:
@@ -234,8 +259,55 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
         plot_results(plot_path, results, cert["results"][0]["clean_acc"])
     first = results[0]
     if min_verified is not None and first.verified_acc < min_verified:
+        where = f", shard {shard[0]}/{shard[1]}" if shard else ""
         raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
-                         f"at eps={first.eps:g} ({method}, n={first.n})")
+                         f"at eps={first.eps:g} ({method}, n={first.n}{where})")
+
+
+def _gate_certificate(cert: dict, min_verified: float) -> None:
+    """``--min-verified`` on a (checked or merged) certificate: its first eps."""
+    first = cert["results"][0]
+    if first["verified_acc"] < min_verified:
+        sh = cert.get("shard")
+        where = f", shard {sh['index']}/{sh['count']}" if sh else ""
+        raise GateFailed(f"verified {first['verified_acc']:.1%} < required "
+                         f"{min_verified:.1%} at eps={first['eps']:g} ({first['method']}, "
+                         f"n={first['n']}{where})")
+
+
+@cli.group()
+def certificate() -> None:
+    """Work with certificate files (merge the shards of a sharded run)."""
+
+
+@certificate.command("merge")
+@click.argument("shards", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write the merged certificate here.")
+@click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
+def certificate_merge(shards, out, min_verified) -> None:
+    """Merge the shard certificates of one `vst verify --shard I/N` run.
+
+    All shards must name the same weights, data, eps list, method and
+    versions, and together cover every sample exactly once; the summaries
+    are recomputed from the samples. Check the result against the model with
+    `vst verify MODEL --certificate OUT`.
+    """
+    from toolchain.atomic import check_writable
+    from toolchain.verify.certificate import load_certificate, save_certificate
+    from toolchain.verify.shard import merge_certificates
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    check_writable(out)
+    merged = merge_certificates([load_certificate(p) for p in shards])
+    save_certificate(out, merged)
+    first = merged["results"][0]
+    click.echo(f"merged {len(shards)} shards: n={first['n']}, verified "
+               f"{first['verified_acc']:.1%} at eps={first['eps']:g} -> {out}")
+    if min_verified is not None:
+        _gate_certificate(merged, min_verified)
 
 
 def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,

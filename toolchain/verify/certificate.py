@@ -13,7 +13,9 @@ every ``verified`` claim is re-bounded with the method it names, every
 ``falsified`` claim is re-checked (a clean misclassification, or the stored
 counterexample: inside the box and really misclassified), and no
 misclassified sample may hide as verified or unknown. The first claim that
-does not hold is a ``GateFailed`` (exit 1).
+does not hold is a ``GateFailed`` (exit 1). The samples must be the first n
+test samples, each once; a shard certificate (``shard``, from
+``toolchain.verify.shard``) must hold exactly its declared slice instead.
 """
 
 from __future__ import annotations
@@ -158,6 +160,14 @@ def validate_certificate(cert: dict, source: str = "certificate") -> None:
     _need(source, data, "split", "dataset", lambda v: v == "test", '"test"')
     _need(source, cert, "input_range", "", lambda v: v == [0.0, 1.0], "[0.0, 1.0]")
     _need(source, cert, "norm", "", lambda v: v == "Linf", '"Linf"')
+    if "shard" in cert:
+        shard = _need(source, cert, "shard", "", is_dict, "an object")
+        count = _need(source, shard, "count", "shard", lambda v: _is_int(v) and v >= 1,
+                      "an integer >= 1")
+        _need(source, shard, "index", "shard", lambda v: _is_int(v) and 0 <= v < count,
+              f"an integer in [0, {count})")
+        _need(source, shard, "total", "shard", lambda v: _is_int(v) and v >= 1,
+              "an integer >= 1")
     results = _need(source, cert, "results", "", lambda v: isinstance(v, list), "a list")
     for r, res in enumerate(results):
         where = f"results[{r}]"
@@ -243,7 +253,8 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
     module = model.torch_module().eval()
     bounder = Bounder(module, dataset.input_shape)
     x_all, y_all = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
-    checker = _Checker(source, module, bounder, x_all, y_all, tol, alpha_tol)
+    checker = _Checker(source, module, bounder, x_all, y_all, tol, alpha_tol,
+                       cert.get("shard"))
     for r, res in enumerate(cert["results"]):
         checker.check_result(r, res)
     c = checker.counted
@@ -256,8 +267,9 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
 
 
 class _Checker:
-    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol):
+    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol, shard=None):
         self.source, self.module, self.bounder = source, module, bounder
+        self.shard = shard      # a shard certificate: its samples are exactly its slice
         self.x_all, self.y_all, self.tol, self.alpha_tol = x_all, y_all, tol, alpha_tol
         self.k = bounder.num_classes
         self.counted = {"verified": 0, "falsified": 0, "pgd": 0, "reattacked": 0,
@@ -320,7 +332,16 @@ class _Checker:
             if s["index"] in seen:
                 raise fail(f"sample {s['index']} appears twice")
             seen.add(s["index"])
-        if seen != set(range(n)):
+        if self.shard is not None:
+            # A shard (toolchain.verify.shard): exactly its slice of the first `total`.
+            i0, count, total = self.shard["index"], self.shard["count"], self.shard["total"]
+            want = set(range(i0, total, count))
+            if seen != want:
+                wrong = sorted(seen ^ want)[0]
+                why = "is missing" if wrong in want else "lies outside it"
+                raise fail(f"the samples must be shard {i0}/{count} of the first {total} test "
+                           f"samples (index % {count} == {i0}); sample {wrong} {why}")
+        elif seen != set(range(n)):
             missing = min(set(range(n)) - seen)
             raise fail(f"the samples must be the first n={n} test samples; "
                        f"sample {missing} is missing")
@@ -356,7 +377,7 @@ class _Checker:
         """
         import torch
 
-        n = len(samples)
+        n = max(s["index"] for s in samples) + 1     # len(samples), unless a shard
         y = self.y_all[:n]
         with torch.no_grad():
             pred = torch.cat([self.module(self.x_all[i:min(i + 1000, n)]).argmax(1)
@@ -400,8 +421,10 @@ class _Checker:
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
             steps.pop()
-        is_open = clean_ok.clone()
         by_index = {s["index"]: s for s in samples}
+        is_open = torch.zeros_like(clean_ok)        # the certificate's samples only (a shard)
+        mine = torch.tensor(sorted(by_index), dtype=torch.long)
+        is_open[mine] = clean_ok[mine]
         found: dict[str, dict[int, torch.Tensor]] = {m: {} for m in BOUND_METHODS}
 
         def step(method):
