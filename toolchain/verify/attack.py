@@ -33,22 +33,36 @@ def _worst_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other.max(1).values - true
 
 
+def _starts(shape, sample_ids, seed: int, restarts: int) -> torch.Tensor:
+    """Uniform [0, 1) random starts (restarts, N, ...) drawn per sample from a
+    generator seeded by (seed, the sample's id): a sample gets the same starts
+    whichever other samples share its batch (so shards agree with one run)."""
+    out = torch.empty((restarts,) + tuple(shape))
+    for k, sid in enumerate(sample_ids):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + int(sid))
+        out[:, k] = torch.rand((restarts,) + tuple(shape[1:]), generator=gen)
+    return out
+
+
 def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-        cfg: AttackConfig | None = None, x_min: float = 0.0, x_max: float = 1.0):
+        cfg: AttackConfig | None = None, x_min: float = 0.0, x_max: float = 1.0,
+        sample_ids=None):
     """Return ``(found, adversarial)``: per-sample bool and the input that broke it.
 
     Where nothing was found, ``adversarial`` holds the strongest input tried.
+    ``sample_ids`` (default 0..N-1) seed each sample's random starts.
     """
     cfg = cfg or AttackConfig()
     module.eval()
     lower = torch.clamp(x - eps, min=x_min)
     upper = torch.clamp(x + eps, max=x_max)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    ids = range(len(x)) if sample_ids is None else sample_ids
+    starts = _starts(x.shape, ids, cfg.seed, cfg.restarts)
     best = x.clone()
     best_margin = torch.full((len(x),), float("-inf"))
     step = cfg.step_fraction * eps
-    for _ in range(cfg.restarts):
-        adv = (torch.rand(x.shape, generator=gen) * (upper - lower) + lower).requires_grad_(True)
+    for r in range(cfg.restarts):
+        adv = (starts[r] * (upper - lower) + lower).requires_grad_(True)
         for _ in range(cfg.steps):
             margin = _worst_margin(module(adv), y)
             grad, = torch.autograd.grad(margin.sum(), adv)

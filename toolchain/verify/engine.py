@@ -96,8 +96,10 @@ class EpsResult:
 
 
 def verify_samples(module, bounder, x, y, eps: float, method: str, *,
-                   attack: AttackConfig | None = None, on_batch=None) -> EpsResult:
-    """Run the cascade for one eps on (x, y); ``on_batch(n_done)`` reports progress."""
+                   attack: AttackConfig | None = None, on_batch=None,
+                   ids=None) -> EpsResult:
+    """Run the cascade for one eps on (x, y); ``on_batch(n_done)`` reports progress;
+    ``ids``: each row's global test index (seeds its attack; default 0..N-1)."""
     if method not in CASCADES:
         raise VstError(f"unknown method {method!r}; choose ibp, crown, alpha-crown or all")
     if eps < 0:
@@ -116,7 +118,7 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
         _bound_step(bounder, x, y, eps, m, verdict, decided_by, margins, on_batch)
     counterexamples: dict[int, torch.Tensor] = {}
     _attack_step(module, x, y, eps, attack or AttackConfig(), verdict, decided_by,
-                 counterexamples)
+                 counterexamples, list(range(n)) if ids is None else list(ids))
     if "alpha-crown" in steps:
         _bound_step(bounder, x, y, eps, "alpha-crown", verdict, decided_by, margins, on_batch)
     result = EpsResult(eps, method, seconds=0.0)
@@ -144,11 +146,13 @@ def _bound_step(bounder, x, y, eps, method, verdict, decided_by, margins, on_bat
             on_batch(method, len(idx))
 
 
-def _attack_step(module, x, y, eps, attack, verdict, decided_by, counterexamples) -> None:
+def _attack_step(module, x, y, eps, attack, verdict, decided_by, counterexamples,
+                 ids) -> None:
     open_idx = torch.tensor([i for i, v in enumerate(verdict) if v == "open"], dtype=torch.long)
     if len(open_idx) == 0 or eps == 0:
         return
-    found, adv = pgd(module, x[open_idx], y[open_idx], eps, attack)
+    found, adv = pgd(module, x[open_idx], y[open_idx], eps, attack,
+                     sample_ids=[ids[i] for i in open_idx.tolist()])
     with torch.no_grad():
         really = found & in_box(adv, x[open_idx], eps) & (module(adv).argmax(1) != y[open_idx])
     for k, (i, ok) in enumerate(zip(open_idx.tolist(), really.tolist())):

@@ -82,7 +82,7 @@ def verify_shard(model, dataset, eps_list, method: str, n: int, shard: tuple[int
                                 info=method, visible=show_progress)
             res = verify_samples(
                 module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
-                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m))
+                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m), ids=idx)
             for s in res.samples:
                 s.index = idx[s.index]
             results.append(res)
