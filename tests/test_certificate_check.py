@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import tiny_config, tiny_mnist
+from helpers import resum, tiny_config, tiny_mnist
 from toolchain.cli import cli
 from toolchain.data import load_dataset
 from toolchain.train.loop import train
@@ -75,25 +75,6 @@ def res0(c):
 def first(c, verdict, method=None):
     return next(s for s in res0(c)["samples"]
                 if s["verdict"] == verdict and (method is None or s["method"] == method))
-
-
-def resum(c):
-    """Make every summary agree with the (edited) samples, as a careful forger would."""
-    for r in c["results"]:
-        ss, n = r["samples"], max(1, len(r["samples"]))
-        r["n"] = len(ss)
-        r["counts"] = {v: sum(s["verdict"] == v for s in ss)
-                       for v in ("verified", "falsified", "unknown")}
-        by = {}
-        for s in ss:
-            if s["verdict"] == "verified":
-                by[s["method"]] = by.get(s["method"], 0) + 1
-        r["verified_by"] = by
-        r["verified_acc"] = r["counts"]["verified"] / n
-        r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
-        r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
-        r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
-    return c
 
 
 def make_verified(s, k=9):

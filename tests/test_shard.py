@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import tiny_config, tiny_mnist
+from helpers import resum, tiny_config, tiny_mnist
 from toolchain.cli import cli
 from toolchain.train.loop import train
 from toolchain.verify.shard import TIMING, parse_shard, shard_indices
@@ -250,25 +250,6 @@ def test_an_unsharded_certificate_is_not_a_shard(run, tmp_path):
 
 
 # -- forged claims: exit 1 -----------------------------------------------------------
-
-
-def resum(c):
-    """Summaries that agree with the (edited) samples, as a careful forger would write."""
-    for r in c["results"]:
-        ss, n = r["samples"], max(1, len(r["samples"]))
-        r["n"] = len(ss)
-        r["counts"] = {v: sum(s["verdict"] == v for s in ss)
-                       for v in ("verified", "falsified", "unknown")}
-        by = {}
-        for s in ss:
-            if s["verdict"] == "verified":
-                by[s["method"]] = by.get(s["method"], 0) + 1
-        r["verified_by"] = by
-        r["verified_acc"] = r["counts"]["verified"] / n
-        r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
-        r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
-        r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
-    return c
 
 
 def forge_verified(c):
