@@ -26,14 +26,12 @@ from pathlib import Path
 
 from toolchain.atomic import write_text
 from toolchain.errors import GateFailed, VstError
+from toolchain.verify.certificate_schema import (BOUND_METHODS, VERDICTS, _bad, _is_int,
+                                                 _is_num, _show, validate_certificate)
 from toolchain.verify.engine import BATCH, CASCADES, EpsResult
 
 FORMAT = "vst-certificate"
 VERSION = 1
-VERDICTS = ("verified", "falsified", "unknown")
-BOUND_METHODS = ("ibp", "crown", "alpha-crown")
-# Which step may decide which verdict (engine.verify_samples).
-DECIDERS = {"verified": BOUND_METHODS, "falsified": ("clean", "pgd"), "unknown": ("none",)}
 # alpha-CROWN optimizes per batch (learning-rate schedule, early stop): a
 # re-run on another batch may end a little looser, so its margins get room.
 ALPHA_TOL = 0.05
@@ -108,114 +106,6 @@ def load_certificate(path: Path, any_format: bool = False) -> dict:
     if cert["format"] == FORMAT:
         validate_certificate(cert, str(path))
     return cert
-
-
-# -- structure ------------------------------------------------------------------
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _show(v) -> str:
-    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else repr(v)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _bad(source: str, key: str, expected: str, got) -> VstError:
-    return VstError(f"{source}: key '{key}': expected {expected}, got {_show(got)}")
-
-
-def _need(source, obj, key, where, test, expected):
-    """``obj[key]`` if present and ``test(value)``, else a one-line error."""
-    name = f"{where}.{key}" if where else key
-    if key not in obj:
-        raise VstError(f"{source}: key '{name}' is missing (expected {expected})")
-    value = obj[key]
-    if not test(value):
-        raise _bad(source, name, expected, value)
-    return value
-
-
-def validate_certificate(cert: dict, source: str = "certificate") -> None:
-    """Types, ranges, finiteness and lengths of a float certificate; ``VstError`` if not.
-
-    What needs the model and data (sample indices within the data, the number
-    of margins) is checked by ``check_certificate``.
-    """
-    hexdigest = lambda v: (isinstance(v, str) and len(v) == 64  # noqa: E731
-                           and all(c in "0123456789abcdef" for c in v))
-    is_dict = lambda v: isinstance(v, dict)  # noqa: E731
-    frac = lambda v: _is_num(v) and 0.0 <= v <= 1.0  # noqa: E731
-    nonneg_int = lambda v: _is_int(v) and v >= 0  # noqa: E731
-    model = _need(source, cert, "model", "", is_dict, "an object")
-    _need(source, model, "weights_sha256", "model", hexdigest, "a SHA-256 hex digest")
-    _need(source, model, "params", "model", nonneg_int, "an integer >= 0")
-    data = _need(source, cert, "dataset", "", is_dict, "an object")
-    _need(source, data, "sha256", "dataset", hexdigest, "a SHA-256 hex digest")
-    _need(source, data, "split", "dataset", lambda v: v == "test", '"test"')
-    _need(source, cert, "input_range", "", lambda v: v == [0.0, 1.0], "[0.0, 1.0]")
-    _need(source, cert, "norm", "", lambda v: v == "Linf", '"Linf"')
-    if "shard" in cert:
-        shard = _need(source, cert, "shard", "", is_dict, "an object")
-        count = _need(source, shard, "count", "shard", lambda v: _is_int(v) and v >= 1,
-                      "an integer >= 1")
-        _need(source, shard, "index", "shard", lambda v: _is_int(v) and 0 <= v < count,
-              f"an integer in [0, {count})")
-        _need(source, shard, "total", "shard", lambda v: _is_int(v) and v >= 1,
-              "an integer >= 1")
-    results = _need(source, cert, "results", "", lambda v: isinstance(v, list), "a list")
-    for r, res in enumerate(results):
-        where = f"results[{r}]"
-        if not isinstance(res, dict):
-            raise _bad(source, where, "an object", res)
-        _need(source, res, "eps", where, lambda v: _is_num(v) and v >= 0,
-              "a finite number >= 0")
-        _need(source, res, "method", where, lambda v: v in CASCADES,
-              "one of " + ", ".join(CASCADES))
-        _need(source, res, "n", where, nonneg_int, "an integer >= 0")
-        counts = _need(source, res, "counts", where, is_dict, "an object")
-        for v in VERDICTS:
-            _need(source, counts, v, f"{where}.counts", nonneg_int, "an integer >= 0")
-        by = _need(source, res, "verified_by", where, is_dict, "an object")
-        for m, k in by.items():
-            if m not in BOUND_METHODS or not nonneg_int(k):
-                raise _bad(source, f"{where}.verified_by", "counts of "
-                           + ", ".join(BOUND_METHODS), {m: k})
-        for key in ("verified_acc", "robust_acc_upper", "clean_acc"):
-            _need(source, res, key, where, frac, "a number in [0, 1]")
-        for key in ("seconds", "samples_per_second"):
-            _need(source, res, key, where, lambda v: _is_num(v) and v >= 0,
-                  "a finite number >= 0")
-        samples = _need(source, res, "samples", where, lambda v: isinstance(v, list), "a list")
-        for k, s in enumerate(samples):
-            _validate_sample(source, f"{where}.samples[{k}]", s)
-
-
-def _validate_sample(source: str, where: str, s) -> None:
-    if not isinstance(s, dict):
-        raise _bad(source, where, "an object", s)
-    _need(source, s, "index", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-    _need(source, s, "label", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-    verdict = _need(source, s, "verdict", where, lambda v: v in VERDICTS,
-                    "one of " + ", ".join(VERDICTS))
-    methods = DECIDERS[verdict]
-    _need(source, s, "method", where, lambda v: v in methods,
-          f"for a {verdict} sample one of " + ", ".join(methods))
-    _need(source, s, "margin_lower", where,
-          lambda v: isinstance(v, list) and all(_is_num(m) for m in v),
-          "a list of finite numbers")
-    if "counterexample" in s:
-        # Re-checked on samples falsified by pgd; on any other it claims nothing.
-        _need(source, s, "counterexample", where, lambda v: isinstance(v, str),
-              "a base64 string")
-
-
-# -- re-checking ----------------------------------------------------------------
 
 
 def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
