@@ -210,22 +210,25 @@ def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
     last = model.record["epochs"][-1]
     return {"seconds": model.record["train_seconds"], "epochs": len(model.record["epochs"]),
             "clean_acc": last["val_clean_acc"], "density": model.record["density"],
-            "mode": model.record["mode"]}
+            "mode": model.record["mode"], "device": model.record.get("device", "cpu")}
 
 
 def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
     """Verify at the config's eps, write the certificate to ``path``, return its numbers."""
+    from toolchain.train.distributed import resolve_device
     from toolchain.verify import verify_model
     from toolchain.verify.certificate import build_certificate, save_certificate
 
+    device = resolve_device(cfg.verify.device)
     result = verify_model(model, data, [cfg.verify.eps], cfg.verify.method, cfg.verify.n,
-                          show_progress=show_progress)
+                          show_progress=show_progress, device=device)
     cert = build_certificate(model, data, result)
+    cert["versions"]["device"] = device.type
     save_certificate(path, cert)
     res = cert["results"][0]
     return {k: res[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
                                 "robust_acc_upper", "samples_per_second")} | {
-        "verdicts": [s["verdict"] for s in res["samples"]]}
+        "verdicts": [s["verdict"] for s in res["samples"]], "device": device.type}
 
 
 def _compact(model, data, path: Path) -> dict:
@@ -288,9 +291,10 @@ def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict
         "dataset": data.name, "model": cfg.model.arch, "eps": cfg.verify.eps,
         "sparsity": {"method": cfg.sparsity.method, "mode": tr["mode"], "density": tr["density"],
                      "params_total": co["params_before"], "params_nonzero": co["nonzero_after"]},
-        "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"]},
+        "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"],
+                  "device": tr.get("device", "cpu")},
         "verify": {k: ve[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
-                                      "robust_acc_upper")},
+                                      "robust_acc_upper")} | {"device": ve.get("device", "cpu")},
         "compact": {"params_before": co["params_before"], "params_after": co["params_after"],
                     "macs_before": co["macs_before"], "macs_after": co["macs_after"],
                     "max_abs_diff": co["max_abs_diff"], "verified_acc": rv["verified_acc"],

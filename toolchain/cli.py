@@ -125,18 +125,29 @@ def targets() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for model.vst, training.png and the checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in OUT.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto: CUDA when available, else CPU (default: the config's [train] device).")
 @click.pass_context
-def train(ctx, config_path, out, resume) -> None:
+def train(ctx, config_path, out, resume, device) -> None:
     """Train a sparse, certified network (VeriSparse).
 
     Writes OUT/model.vst, OUT/training.png and a per-epoch checkpoint.
+    Data parallel: `torchrun --nproc-per-node N -m toolchain train ...`.
     """
+    from dataclasses import replace
+
     from toolchain.atomic import check_writable
+    from toolchain.train.distributed import World, resolve_device
     from toolchain.train.loop import MODEL_FILE, train as run_training
 
     cfg = _load_config(config_path, ctx)
+    if device is not None:
+        cfg.train = replace(cfg.train, device=device)
+    resolve_device(cfg.train.device)                  # "cuda" without CUDA: exit 2 now
     check_writable(out, directory=True)
     model = run_training(cfg, out, resume=resume, show_progress=not ctx.obj["quiet"])
+    if not World.from_env().main:
+        return
     last = model.record["epochs"][-1]
     click.echo(f"wrote {out / MODEL_FILE}: density {model.record['density']:.3f}, "
                f"clean {last['val_clean_acc']:.1%}, IBP-verified {last['val_ibp_verified_acc']:.1%} "
@@ -189,9 +200,11 @@ def _eps_list(text: str | None) -> list[float] | None:
 @click.option("--shard", "shard_text", metavar="I/N",
               help="Only shard I of N: test samples with index % N == I (merge the "
                    "certificates with `vst certificate merge`).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where bounds run; auto: CUDA when available, else CPU.")
 @click.pass_context
 def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
-           plot_path, cert_path, c_source, shard_text) -> None:
+           plot_path, cert_path, c_source, shard_text, device) -> None:
     """Verify MODEL's robustness on the test split; gate CI on it.
 
     MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
@@ -213,6 +226,9 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
     eps_list = _eps_list(eps_text)
+    from toolchain.train.distributed import resolve_device
+
+    run_on = resolve_device(device)                   # "cuda" without CUDA: exit 2
     shard = None
     if shard_text is not None:
         from toolchain.verify.shard import parse_shard
@@ -223,6 +239,9 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
                            "says which shard it is)")
         if model.suffix.lower() == ".tflite":
             raise VstError("--shard is not supported for an int8 .tflite")
+        if device == "cuda":
+            raise VstError("--shard runs on the CPU; drop --device cuda")
+        run_on = resolve_device("cpu")
     for path in (json_path, junit_path, plot_path):
         if path is not None:
             check_writable(path)
@@ -246,9 +265,10 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
                                        show_progress=not ctx.obj["quiet"])
     else:
         results = verify_model(vst_model, dataset, eps_list, method, n,
-                               show_progress=not ctx.obj["quiet"])
+                               show_progress=not ctx.obj["quiet"], device=run_on)
     print_table(results)
     cert = build_certificate(vst_model, dataset, results)
+    cert["versions"]["device"] = run_on.type
     if record is not None:
         cert["shard"] = record
     if json_path:
@@ -506,8 +526,11 @@ def _fmt(v) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("build"),
               show_default=True, help="The build folder (summary.json, report.html, ...).")
 @click.option("--no-bench", is_flag=True, help="Skip the firmware build and QEMU run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Train and verify here; auto: CUDA when available, else CPU "
+                   "(default: the config's [train] / [verify] device).")
 @click.pass_context
-def build(ctx, config_path, target_name, out, no_bench) -> None:
+def build(ctx, config_path, target_name, out, no_bench, device) -> None:
     """Run the whole pipeline: train -> verify -> compact -> re-verify -> export -> bench.
 
     Writes OUT/summary.json, OUT/report.md and OUT/report.html; stages whose
@@ -517,7 +540,14 @@ def build(ctx, config_path, target_name, out, no_bench) -> None:
     from toolchain.build import build as run_build, check_out_dir
     from toolchain.targets import load_target
 
+    from dataclasses import replace
+
+    from toolchain.train.distributed import resolve_device
+
     cfg = _load_config(config_path, ctx)
+    if device is not None:
+        cfg.train, cfg.verify = replace(cfg.train, device=device), replace(cfg.verify, device=device)
+    resolve_device(cfg.train.device), resolve_device(cfg.verify.device)   # exit 2 now
     load_target(target_name or cfg.target.name)       # a bad target leaves no folder behind
     check_out_dir(out)
     summary = run_build(cfg, out, target_name=target_name, bench=False if no_bench else None,

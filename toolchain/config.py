@@ -110,6 +110,8 @@ class TrainConfig:
     # Training images held out (never trained on) for per-epoch verified accuracy.
     val_size: int = _opt(200, lo=0, hi=10**7)
     seed: int = _opt(0, lo=0, hi=2**32 - 1)
+    # auto: CUDA when torch sees a GPU, else the CPU (`vst train --device` overrides).
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -120,6 +122,8 @@ class VerifyConfig:
     method: str = _opt("crown", choices=("ibp", "crown", "alpha-crown", "all"))
     # Test samples to verify; 0 means the whole test split.
     n: int = _opt(0, lo=0, hi=10**9)
+    # auto: CUDA when torch sees a GPU, else the CPU (`vst verify --device` overrides).
+    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass

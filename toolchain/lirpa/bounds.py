@@ -126,6 +126,7 @@ class Bounder:
                      x_max: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds, each (N, K), on the logits over the input box."""
         method = _check_method(method)
+        x = self._here(x)
         with self._frozen_if(method == "alpha-crown"):
             lb, ub = self._bounded.compute_bounds(
                 x=(self._box(x, eps, x_min, x_max),), method=_LIRPA_METHOD[method])
@@ -135,6 +136,7 @@ class Bounder:
                      x_max: float = 1.0) -> torch.Tensor:
         """Lower bounds (N, K-1) on ``logit[y] - logit[j]``, j != y, over the box."""
         method = _check_method(method)
+        x, y = self._here(x), self._here(y)
         c = margin_matrix(y, self.num_classes).to(device=x.device, dtype=x.dtype)
         box = self._box(x, eps, x_min, x_max)
         if method == "ibp":
@@ -155,6 +157,7 @@ class Bounder:
         """
         if not 0.0 <= beta <= 1.0:
             raise VstError(f"beta must lie in [0, 1], got {beta}")
+        x, y = self._here(x), self._here(y)
         ibp = self.margin_lower(x, y, eps, "ibp", x_min, x_max)
         if beta == 0.0:
             return ibp
@@ -194,6 +197,10 @@ class Bounder:
                     node.buffer.copy_(buffers[node.ori_name])
 
     # -- helpers ---------------------------------------------------------------
+
+    def _here(self, t):
+        """Inputs and labels onto the module's device (bounds come back there)."""
+        return torch.as_tensor(t).to(self._device)
 
     def _lift(self, x: torch.Tensor) -> torch.Tensor:
         return x.unsqueeze(2) if self._as_2d else x

@@ -67,13 +67,14 @@ def restore_rng(rng: dict) -> None:
 def save_checkpoint(out_dir: Path, ck: Checkpoint) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in ck.state.items()}
-    tensors.update({f"mask.{k}": v.contiguous() for k, v in ck.masks.items()})
+    # stored from the CPU whatever device trained (load_checkpoint gives CPU tensors)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in ck.state.items()}
+    tensors.update({f"mask.{k}": v.cpu().contiguous() for k, v in ck.masks.items()})
     opt_meta = {"param_groups": ck.optimizer["param_groups"], "state": {}}
     for idx, st in ck.optimizer["state"].items():
         opt_meta["state"][str(idx)] = sorted(st)
         for key, value in st.items():
-            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).detach().contiguous()
+            tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     meta = {"epoch": str(ck.epoch), "step": str(ck.step),
             "record": json.dumps(ck.record, default=str),
             "config": json.dumps(ck.config), "optimizer": json.dumps(opt_meta)}

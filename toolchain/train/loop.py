@@ -15,6 +15,11 @@ change) and later ones optimized, with a different (equally valid) gradient
 formula, so a resumed process, new to those calls, rounded differently from
 the process that ran from the start. ``_same_every_call`` has TorchScript run its graphs
 as written, every call.
+
+Device and ranks (``distributed.py``): the module, each batch and the bounds
+live on ``cfg.train.device``; the data set, the masks and everything stored
+stay on the CPU. Under torchrun each rank trains on its piece of every global
+batch with gradients summed across ranks; rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss, evaluate, ibp_init
 from toolchain.train.checkpoint import (Checkpoint, capture_rng, load_checkpoint,
                                         restore_rng, save_checkpoint)
+from toolchain.train.distributed import World, resolve_device
 from toolchain.train.growth import grow_scores
 from toolchain.train.schedule import Schedule
 
@@ -58,6 +64,8 @@ class Run:
     x_val: torch.Tensor
     y_val: torch.Tensor
     record: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+    world: World = field(default_factory=World)
 
 
 def load_data(cfg: Config):
@@ -78,7 +86,8 @@ def split_validation(data, val_size: int, seed: int):
     return x[rest], y[rest], x[val], y[val]
 
 
-def make_run(cfg: Config, data, *, method: str | None = None) -> Run:
+def make_run(cfg: Config, data, *, method: str | None = None,
+             device: torch.device = torch.device("cpu"), world: World | None = None) -> Run:
     """Everything a run needs, deterministic in ``cfg.train.seed``."""
     from toolchain.lirpa.bounds import Bounder
 
@@ -104,9 +113,11 @@ def make_run(cfg: Config, data, *, method: str | None = None) -> Run:
         ramp=t.ramp_epochs * steps_per_epoch, eps_max=t.eps, kappa_end=t.kappa, lr=t.lr,
         lr_decay_at=tuple(t.lr_decay_at), lr_decay_factor=t.lr_decay_factor,
         drop_fraction=s.drop_fraction, freeze_fraction=s.freeze_fraction)
+    module.to(device)                  # initialized on the CPU: the same weights everywhere
     optimizer = torch.optim.Adam(module.parameters(), lr=t.lr)
     bounder = Bounder(module, data.input_shape)
-    return Run(cfg, network, module, bounder, sparsifier, optimizer, schedule, x, y, x_val, y_val)
+    return Run(cfg, network, module, bounder, sparsifier, optimizer, schedule, x, y, x_val,
+               y_val, device=device, world=world or World())
 
 
 def _same_every_call():
@@ -131,7 +142,9 @@ def train_epoch(run: Run, epoch: int) -> dict:
     for b in range(n_steps):
         step = epoch * n_steps + b
         idx = order[b * t.batch_size:(b + 1) * t.batch_size]
-        xb, yb = run.x[idx], run.y[idx]
+        mine = run.world.share(idx)            # all of idx in one process
+        share = len(mine) / len(idx)           # this rank's weight in the batch mean
+        xb, yb = run.x[mine].to(run.device), run.y[mine].to(run.device)
         eps = run.schedule.eps(step)
         for group in run.optimizer.param_groups:
             group["lr"] = run.schedule.learning_rate(step)
@@ -139,16 +152,20 @@ def train_epoch(run: Run, epoch: int) -> dict:
         loss, logits = certified_loss(run.module, run.bounder, xb, yb, eps,
                                       run.schedule.beta(step), run.schedule.kappa(step),
                                       t.crown_ibp)
-        loss.backward()
-        loss_sum += float(loss.detach()) * len(idx)
+        with run.world.summed_gradients(run.module, share):
+            loss.backward()
+        loss_sum += float(loss.detach()) * len(mine)
         correct += int((logits.argmax(1) == yb).sum())
         if _mask_update_due(run, step):
-            moved += _update_masks(run, xb, yb, eps, step)
+            with run.world.summed_gradients(run.module, share):   # structured scores
+                moved += _update_masks(run, xb, yb, eps, step)
             continue                       # RigL: an update step replaces the weight step
         torch.nn.utils.clip_grad_norm_(run.module.parameters(), t.grad_clip)
         run.optimizer.step()
         if run.sparsifier is not None:
             run.sparsifier.apply(run.module, run.optimizer)
+    run.world.average_buffers(run.module)
+    loss_sum, correct = run.world.sum([loss_sum, correct], run.device)
     n = len(run.x)
     return {"loss": loss_sum / n, "train_acc": correct / n, "eps": run.schedule.eps(step),
             "lr": run.schedule.learning_rate(step), "units_moved": int(moved)}
@@ -174,8 +191,8 @@ def _update_masks(run: Run, xb, yb, eps: float, step: int) -> int:
 
 @_same_every_call()
 def epoch_metrics(run: Run, epoch: int, stats: dict, seconds: float) -> dict:
-    clean, verified = evaluate(run.module, run.bounder, run.x_val, run.y_val,
-                               run.cfg.verify.eps)
+    clean, verified = evaluate(run.module, run.bounder, run.x_val.to(run.device),
+                               run.y_val.to(run.device), run.cfg.verify.eps)
     density = run.sparsifier.density() if run.sparsifier is not None else 1.0
     return {"epoch": epoch + 1, **stats, "val_clean_acc": clean,
             "val_ibp_verified_acc": verified, "density": density, "seconds": seconds}
@@ -191,29 +208,69 @@ def to_model(run: Run, data, seconds: float) -> VstModel:
               "versions": versions(), "dataset": data.name, "dataset_sha256": data.sha256(),
               "train_seconds": seconds, "layer_density": layer_density,
               "density": run.sparsifier.density() if run.sparsifier is not None else 1.0,
-              "mode": run.cfg.sparsity.mode if run.sparsifier is not None else "dense"}
-    state = {k: v.detach().clone() for k, v in run.module.state_dict().items()}
+              "mode": run.cfg.sparsity.mode if run.sparsifier is not None else "dense",
+              "device": run.device.type, "ranks": run.world.size}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in run.module.state_dict().items()}
     return VstModel(run.network, state, masks, record)
 
 
 def train(cfg: Config, out_dir: Path, *, resume: bool = False, show_progress: bool = True,
           stop_after: int | None = None) -> VstModel:
-    """Train per ``cfg``; write ``out_dir/model.vst``. ``stop_after`` ends early (tests)."""
+    """Train per ``cfg``; write ``out_dir/model.vst``. ``stop_after`` ends early (tests).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 writes.
+    """
+    world = World.from_env()
+    device = _training_device(cfg, world)
     if cfg.sparsity.method == "hydra":
+        if world.size > 1:
+            raise VstError("the hydra baseline trains in one process; run it without torchrun")
         from toolchain.train.hydra import train_hydra
         return train_hydra(cfg, out_dir, show_progress=show_progress)
     out_dir = Path(out_dir)
     data = load_data(cfg)
-    run = make_run(cfg, data)
-    start, elapsed = _maybe_resume(run, out_dir, resume)
-    last = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, stop_after)
-    run_epochs(run, out_dir, start, last, elapsed, show_progress)
-    model = to_model(run, data, run.record["seconds_total"])
-    save_model(out_dir / MODEL_FILE, model)
-    if last == cfg.train.epochs:
-        from toolchain.train.plots import plot_training
-        plot_training(model.record, out_dir / "training.png")
+    world.join(device)
+    try:
+        run = make_run(cfg, data, device=device, world=world)
+        _check_batches(run)
+        start, elapsed = _maybe_resume(run, out_dir, resume)
+        last = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, stop_after)
+        run_epochs(run, out_dir, start, last, elapsed, show_progress and world.main)
+        model = to_model(run, data, run.record["seconds_total"])
+        if world.main:
+            save_model(out_dir / MODEL_FILE, model)
+            if last == cfg.train.epochs:
+                from toolchain.train.plots import plot_training
+                plot_training(model.record, out_dir / "training.png")
+        world.barrier()                    # no rank returns before model.vst exists
+    finally:
+        world.leave()
     return model
+
+
+def _training_device(cfg: Config, world: World) -> torch.device:
+    """``cfg.train.device`` resolved. The sparse mask bookkeeping and the hydra
+    baseline run on the CPU only (``sparsity/masks.py``): "auto" then stays on
+    the CPU, an explicit "cuda" is refused."""
+    device = resolve_device(cfg.train.device, world.local_rank)
+    cpu_only = cfg.sparsity.method == "hydra" or (cfg.sparsity.method == "verisparse"
+                                                  and cfg.sparsity.density < 1.0)
+    if device.type == "cuda" and cpu_only:
+        if cfg.train.device == "cuda":
+            raise VstError(f"--device cuda: {cfg.sparsity.method} sparse training keeps its "
+                           "masks on the CPU and cannot run on CUDA yet; use --device cpu")
+        log.warning("train: sparse training runs on the CPU (its masks are CPU-only)")
+        device = torch.device("cpu")
+    return device
+
+
+def _check_batches(run: Run) -> None:
+    """Every rank needs at least one sample of every global batch, the last included."""
+    size, b = run.world.size, run.cfg.train.batch_size
+    smallest = min(b, len(run.x) - (steps_per_epoch(run) - 1) * b)
+    if smallest < size:
+        raise VstError(f"{size} ranks need global batches of at least {size} images; "
+                       f"train.batch_size {b} leaves a last batch of {smallest}")
 
 
 def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
@@ -221,19 +278,25 @@ def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
     if not resume:
         return 0, 0.0
     ck = load_checkpoint(out_dir)
-    if ck.config != run.cfg.to_dict():
+    if _without_device(ck.config) != _without_device(run.cfg.to_dict()):
         raise VstError(f"{out_dir}: checkpoint was made with a different config; "
                        "resume with the same config or start a new --out")
     if ck.step not in (-1, ck.epoch * steps_per_epoch(run)):
         raise VstError(f"{out_dir}: checkpoint at epoch {ck.epoch} has {ck.step} steps, "
                        f"expected {ck.epoch * steps_per_epoch(run)}; start a new --out")
-    run.module.load_state_dict(ck.state)
-    run.optimizer.load_state_dict(ck.optimizer)
+    run.module.load_state_dict(ck.state)          # copied onto the module's device
+    run.optimizer.load_state_dict(ck.optimizer)   # moved to the parameters' device
     if run.sparsifier is not None:
         run.sparsifier.load_param_masks(ck.masks)
     restore_rng(ck.rng)
     run.record = ck.record
     return ck.epoch, float(ck.record.get("seconds_total", 0.0))
+
+
+def _without_device(config: dict) -> dict:
+    """A checkpoint may be resumed on another device (or written before devices)."""
+    return {name: {k: v for k, v in section.items() if k != "device"}
+            if isinstance(section, dict) else section for name, section in config.items()}
 
 
 def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
@@ -251,11 +314,12 @@ def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
             row = epoch_metrics(run, epoch, stats, seconds)
             run.record["epochs"].append(row)
             run.record["seconds_total"] = elapsed
-            save_checkpoint(out_dir, Checkpoint(
-                epoch + 1, run.module.state_dict(),
-                run.sparsifier.param_masks() if run.sparsifier else {},
-                run.optimizer.state_dict(), run.record, run.cfg.to_dict(),
-                step=(epoch + 1) * steps_per_epoch(run), rng=capture_rng()))
+            if run.world.main:
+                save_checkpoint(out_dir, Checkpoint(
+                    epoch + 1, run.module.state_dict(),
+                    run.sparsifier.param_masks() if run.sparsifier else {},
+                    run.optimizer.state_dict(), run.record, run.cfg.to_dict(),
+                    step=(epoch + 1) * steps_per_epoch(run), rng=capture_rng()))
             bar.update(task, advance=1, info=(
                 f"eps {row['eps']:.3f} loss {row['loss']:.2f} clean {row['val_clean_acc']:.0%} "
                 f"IBP-ver {row['val_ibp_verified_acc']:.0%} d {row['density']:.2f}"))

@@ -47,8 +47,12 @@ def default_eps(model) -> float:
 
 
 def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
-                 show_progress: bool = True, attack=None):
-    """Cascade verdicts for the first ``n`` test samples (0: all) at each eps."""
+                 show_progress: bool = True, attack=None, device=None):
+    """Cascade verdicts for the first ``n`` test samples (0: all) at each eps.
+
+    ``device`` (a ``torch.device``; default the CPU) is where the network and
+    its bounds run; the samples, verdicts and margins stay on the CPU.
+    """
     import torch
 
     from toolchain.display import progress
@@ -58,8 +62,11 @@ def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
 
     if n < 0:
         raise VstError(f"--n must be >= 0, got {n}")
-    module = model.torch_module().eval()
+    device = torch.device("cpu") if device is None else device
+    module = model.torch_module().eval().to(device)
     bounder = Bounder(module, dataset.input_shape)
+    if device.type != "cpu":
+        module, bounder = _on_device(module, bounder, device)
     x = torch.from_numpy(dataset.x_test[: n or None])
     y = torch.from_numpy(dataset.y_test[: n or None])
     results = []
@@ -72,3 +79,26 @@ def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
                 on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m)))
             bar.update(task, total=len(x), completed=len(x))
     return results
+
+
+def _on_device(module, bounder, device):
+    """The network and bounder on ``device``, seen by the verification engine as
+    if on the CPU: inputs go to the device, logits and margins come back."""
+    import torch
+
+    class OnDevice(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.to(device)).cpu()    # differentiable both ways (PGD)
+
+    class BounderOnDevice:
+        verified = staticmethod(bounder.verified)
+        num_classes = bounder.num_classes
+
+        def margin_lower(self, x, y, eps, method="ibp"):
+            return bounder.margin_lower(x.to(device), y.to(device), eps, method).cpu()
+
+    return OnDevice(module), BounderOnDevice()
