@@ -1,0 +1,224 @@
+"""The verification commands of the CLI: ``vst verify`` (float models, ONNX,
+int8 .tflite, shards, certificate checks) and ``vst certificate merge``.
+
+Plain click commands that ``cli.py`` adds to its group; like every command they
+only parse options and call the stage (``toolchain.verify``), importing heavy
+libraries inside the command so ``vst --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from toolchain.errors import GateFailed, VstError
+
+
+def _eps_list(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VstError(f"--eps must be numbers separated by commas, got {text!r}") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise VstError(f"--eps must be >= 0 and finite, got {text!r}")
+    return values
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", help="Data set (built-in name or path); default: the model's own.")
+@click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
+@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all"]),
+              default="crown", show_default=True, help="all: IBP, then CROWN, then alpha-CROWN.")
+@click.option("--n", type=int, default=0, help="First N test samples (0: all).")
+@click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the certificate (JSON) here.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a JUnit XML report here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write verified-vs-eps and margin plots (PNG) here.")
+@click.option("--certificate", "cert_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Check this certificate against MODEL instead of verifying anew.")
+@click.option("--c-source", type=click.Path(dir_okay=False, path_type=Path),
+              help="int8 (.tflite) only: the generated int8 C the certificate also names.")
+@click.option("--shard", "shard_text", metavar="I/N",
+              help="Only shard I of N: test samples with index % N == I (merge the "
+                   "certificates with `vst certificate merge`).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where bounds run; auto: CUDA when available, else CPU.")
+@click.pass_context
+def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
+           plot_path, cert_path, c_source, shard_text, device) -> None:
+    """Verify MODEL's robustness on the test split; gate CI on it.
+
+    MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
+    network that is flashed is bounded in its own integer arithmetic (needs
+    --data and --eps; --method does not apply).
+
+    \b
+    verified:  every margin lower bound > 0 over the eps-box (sound bound)
+    falsified: misclassified, or a PGD attack found a counterexample in the box
+    unknown:   neither
+    """
+    from toolchain.verify import default_eps, load_any_model, resolve_dataset, verify_model
+    from toolchain.verify.certificate import (build_certificate, check_certificate,
+                                              load_certificate, save_certificate)
+    from toolchain.verify.reports import plot_results, print_table, write_junit
+
+    from toolchain.atomic import check_writable
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    eps_list = _eps_list(eps_text)
+    from toolchain.train.distributed import resolve_device
+
+    run_on = resolve_device(device)                   # "cuda" without CUDA: exit 2
+    shard = None
+    if shard_text is not None:
+        from toolchain.verify.shard import parse_shard
+
+        shard = parse_shard(shard_text)
+        if cert_path is not None:
+            raise VstError("--shard does not apply with --certificate (a shard certificate "
+                           "says which shard it is)")
+        if model.suffix.lower() == ".tflite":
+            raise VstError("--shard is not supported for an int8 .tflite")
+        if device == "cuda":
+            raise VstError("--shard runs on the CPU; drop --device cuda")
+        run_on = resolve_device("cpu")
+    for path in (json_path, junit_path, plot_path):
+        if path is not None:
+            check_writable(path)
+    if model.suffix.lower() == ".tflite":
+        _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
+        return
+    vst_model = load_any_model(model)
+    dataset = resolve_dataset(vst_model, data)
+    if cert_path is not None:
+        cert = load_certificate(cert_path)
+        click.echo(check_certificate(cert, vst_model, dataset))
+        if min_verified is not None:      # the re-checked claims, gated like a fresh run
+            _gate_certificate(cert, min_verified)
+        return
+    eps_list = eps_list or [default_eps(vst_model)]
+    record = None
+    if shard is not None:
+        from toolchain.verify.shard import verify_shard
+
+        results, record = verify_shard(vst_model, dataset, eps_list, method, n, shard,
+                                       show_progress=not ctx.obj["quiet"])
+    else:
+        results = verify_model(vst_model, dataset, eps_list, method, n,
+                               show_progress=not ctx.obj["quiet"], device=run_on)
+    print_table(results)
+    cert = build_certificate(vst_model, dataset, results)
+    cert["versions"]["device"] = run_on.type
+    if record is not None:
+        cert["shard"] = record
+    if json_path:
+        save_certificate(json_path, cert)
+    if junit_path:
+        write_junit(junit_path, results, min_verified, eps_list[0])
+    if plot_path:
+        plot_results(plot_path, results, cert["results"][0]["clean_acc"])
+    first = results[0]
+    if min_verified is not None and first.verified_acc < min_verified:
+        where = f", shard {shard[0]}/{shard[1]}" if shard else ""
+        raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
+                         f"at eps={first.eps:g} ({method}, n={first.n}{where})")
+
+
+def _gate_certificate(cert: dict, min_verified: float) -> None:
+    """``--min-verified`` on a (checked or merged) certificate: its first eps."""
+    first = cert["results"][0]
+    if first["verified_acc"] < min_verified:
+        sh = cert.get("shard")
+        where = f", shard {sh['index']}/{sh['count']}" if sh else ""
+        raise GateFailed(f"verified {first['verified_acc']:.1%} < required "
+                         f"{min_verified:.1%} at eps={first['eps']:g} ({first['method']}, "
+                         f"n={first['n']}{where})")
+
+
+@click.group()
+def certificate() -> None:
+    """Work with certificate files (merge the shards of a sharded run)."""
+
+
+@certificate.command("merge")
+@click.argument("shards", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Write the merged certificate here.")
+@click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
+def certificate_merge(shards, out, min_verified) -> None:
+    """Merge the shard certificates of one `vst verify --shard I/N` run.
+
+    All shards must name the same weights, data, eps list, method and
+    versions, and together cover every sample exactly once; the summaries
+    are recomputed from the samples. Check the result against the model with
+    `vst verify MODEL --certificate OUT`.
+    """
+    from toolchain.atomic import check_writable
+    from toolchain.verify.certificate import load_certificate, save_certificate
+    from toolchain.verify.shard import merge_certificates
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    check_writable(out)
+    merged = merge_certificates([load_certificate(p) for p in shards])
+    save_certificate(out, merged)
+    first = merged["results"][0]
+    click.echo(f"merged {len(shards)} shards: n={first['n']}, verified "
+               f"{first['verified_acc']:.1%} at eps={first['eps']:g} -> {out}")
+    if min_verified is not None:
+        _gate_certificate(merged, min_verified)
+
+
+def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
+                 c_source) -> None:
+    """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
+    from toolchain.data import load_dataset
+    from toolchain.display import table
+    from toolchain.verify.certificate import load_certificate
+    from toolchain.verify.int8_bounds import Int8Bounds
+    from toolchain.verify.int8_certificate import (build_int8_certificate,
+                                                   check_int8_certificate,
+                                                   save_int8_certificate, verify_int8_samples)
+
+    if not tflite.is_file():
+        raise VstError(f"model not found: {tflite}")
+    if not data:
+        raise VstError("an int8 .tflite does not say which data it was trained on; pass --data")
+    if n < 0:
+        raise VstError(f"--n must be >= 0, got {n}")
+    if c_source is not None and not c_source.is_file():
+        raise VstError(f"--c-source not found: {c_source}")
+    dataset = load_dataset(data)
+    bounds = Int8Bounds.from_tflite(tflite)
+    if bounds.x_t.size != math.prod(dataset.input_shape):
+        raise VstError(f"data {data} has inputs {dataset.input_shape}, {tflite.name} takes "
+                       f"{bounds.x_t.size} values")
+    if cert_path is not None:
+        click.echo(check_int8_certificate(load_certificate(cert_path, any_format=True), tflite,
+                                          dataset))
+        return
+    if not eps_list:
+        raise VstError("pass --eps for an int8 .tflite")
+    x, y = dataset.x_test[: n or None], dataset.y_test[: n or None]
+    results = [verify_int8_samples(bounds, x, y, eps) for eps in eps_list]
+    table(("eps", "n", "int8 verified", "falsified", "unknown", "int8 clean"),
+          [(f"{r['eps']:g}", str(r["n"]), f"{r['verified_acc']:.1%}",
+            str(r["counts"]["falsified"]), str(r["counts"]["unknown"]), f"{r['clean_acc']:.1%}")
+           for r in results], title=f"{tflite.name}: int8 bounds in TFLite's integer arithmetic")
+    if json_path:
+        save_int8_certificate(json_path, build_int8_certificate(tflite, dataset, results,
+                                                                c_source))
+    first = results[0]
+    if min_verified is not None and first["verified_acc"] < min_verified:
+        raise GateFailed(f"int8 verified {first['verified_acc']:.1%} < required "
+                         f"{min_verified:.1%} at eps={first['eps']:g} (n={first['n']})")
