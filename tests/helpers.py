@@ -99,3 +99,24 @@ def resum(c):
         r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
         r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
     return c
+
+
+def train_certified_tiny(root):
+    """A tiny model certified-trained long enough that verification gives every
+    verdict (verified, falsified by attack, misclassified): (data path, model).
+    Shared by the verification, certificate-check and shard tests."""
+    from toolchain.train.loop import train
+
+    data_path = tiny_mnist(root / "tiny.npz")
+    cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,
+                                        "batch_size": 32, "lr": 2e-3, "eps": 0.08})
+    return data_path, train(cfg, root / "run", show_progress=False)
+
+
+def assert_one_line(code, stderr, expected_code, needle):
+    """Exit code ``expected_code``, one stderr line containing ``needle``, no traceback."""
+    lines = stderr.strip().splitlines()
+    assert code == expected_code, stderr
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
+    assert needle in lines[0], lines[0]

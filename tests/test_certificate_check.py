@@ -16,10 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import resum, tiny_config, tiny_mnist
+from helpers import assert_one_line, resum, train_certified_tiny
 from toolchain.cli import cli
 from toolchain.data import load_dataset
-from toolchain.train.loop import train
 from toolchain.verify import verify_model
 from toolchain.verify.certificate import build_certificate, save_certificate
 from toolchain.verify.engine import encode_input
@@ -31,10 +30,7 @@ N = 60
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("certcheck")
-    data_path = tiny_mnist(root / "tiny.npz")
-    cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,
-                                        "batch_size": 32, "lr": 2e-3, "eps": 0.08})
-    model = train(cfg, root / "run", show_progress=False)
+    data_path, model = train_certified_tiny(root)
     dataset = load_dataset(str(data_path))
     results = verify_model(model, dataset, [EPS], "crown", N, show_progress=False)
     cert = build_certificate(model, dataset, results)
@@ -55,14 +51,6 @@ def run_proc(model, cert_path):
                           "--certificate", str(cert_path)],
                          capture_output=True, text=True, timeout=300)
     return res.returncode, res.stdout, res.stderr
-
-
-def assert_one_line(code, stderr, expected_code, needle):
-    lines = stderr.strip().splitlines()
-    assert code == expected_code, stderr
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
-    assert needle in lines[0], lines[0]
 
 
 # -- helpers that edit a certificate -------------------------------------------------

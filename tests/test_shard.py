@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import resum, tiny_config, tiny_mnist
+from helpers import assert_one_line, resum, train_certified_tiny
 from toolchain.cli import cli
-from toolchain.train.loop import train
 from toolchain.verify.shard import TIMING, parse_shard, shard_indices
 
 EPS = "0.03,0.05"
@@ -32,22 +31,11 @@ def vst(*args):
     return res.exit_code, res.stdout, res.stderr
 
 
-def one_line(code, stderr, expected_code, needle):
-    lines = stderr.strip().splitlines()
-    assert code == expected_code, stderr
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
-    assert needle in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The tiny model, one unsharded certificate and SHARDS shard certificates."""
     root = tmp_path_factory.mktemp("shard")
-    data_path = tiny_mnist(root / "tiny.npz")
-    cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,
-                                        "batch_size": 32, "lr": 2e-3, "eps": 0.08})
-    train(cfg, root / "run", show_progress=False)
+    data_path, _ = train_certified_tiny(root)
     model = root / "run" / "model.vst"
     common = ["--eps", EPS, "--method", "crown", "--n", N]
     code, _, err = vst("verify", model, *common, "--json", root / "single.json")
@@ -135,10 +123,10 @@ def test_merged_shards_equal_the_single_run_and_pass_the_check(run, tmp_path):
     code, _, err = vst("verify", model, "--certificate", out, "--min-verified", acc)
     assert code == 0, err
     code, _, err = vst("verify", model, "--certificate", out, "--min-verified", acc + 0.01)
-    one_line(code, err, 1, f"n={N}")
+    assert_one_line(code, err, 1, f"n={N}")
     code, _, err = vst("certificate", "merge", *shards, "--out", tmp_path / "g.json",
                        "--min-verified", min(1.0, acc + 0.01))
-    one_line(code, err, 1, "gate failed")
+    assert_one_line(code, err, 1, "gate failed")
     assert (tmp_path / "g.json").is_file()       # written, then gated
 
 
@@ -154,14 +142,14 @@ def test_the_gate_on_a_shard_applies_to_the_shard(run, tmp_path):
     acc = load(shards[0])["results"][0]["verified_acc"]
     code, _, err = vst("verify", model, "--eps", EPS, "--n", N, "--shard", f"0/{SHARDS}",
                        "--min-verified", min(1.0, acc + 0.01))
-    one_line(code, err, 1, f"shard 0/{SHARDS}")
+    assert_one_line(code, err, 1, f"shard 0/{SHARDS}")
 
 
 @pytest.mark.parametrize("text", ["3/3", "0/0", "3", "a/2", "1.5/2", "-1/2", "1/2/3", ""])
 def test_bad_shard_values_are_one_line_errors(run, text):
     _, model, _, _ = run
     code, _, err = vst("verify", model, "--shard", text)
-    one_line(code, err, 2, "--shard")
+    assert_one_line(code, err, 2, "--shard")
 
 
 def test_parse_shard():
@@ -171,7 +159,7 @@ def test_parse_shard():
 def test_an_empty_shard_is_an_error(run):
     _, model, _, _ = run
     code, _, err = vst("verify", model, "--n", 2, "--shard", "2/3")
-    one_line(code, err, 2, "empty")
+    assert_one_line(code, err, 2, "empty")
 
 
 # -- shards that do not belong together: exit 2 -----------------------------------------
@@ -223,7 +211,7 @@ def test_mismatched_shards_exit_2(run, tmp_path, case):
     bad = edit(shards[1], tmp_path, fn)
     out = tmp_path / "m.json"
     code, _, err = vst("certificate", "merge", shards[0], bad, shards[2], "--out", out)
-    one_line(code, err, 2, needle)
+    assert_one_line(code, err, 2, needle)
     assert not out.exists()
 
 
@@ -231,14 +219,14 @@ def test_overlapping_and_missing_shards_exit_2(run, tmp_path):
     _, _, _, shards = run
     out = tmp_path / "m.json"
     code, _, err = vst("certificate", "merge", *shards[:2], "--out", out)
-    one_line(code, err, 2, f"shard 2/{SHARDS} missing")
+    assert_one_line(code, err, 2, f"shard 2/{SHARDS} missing")
     code, _, err = vst("certificate", "merge", *shards, shards[0], "--out", out)
-    one_line(code, err, 2, "given twice")
+    assert_one_line(code, err, 2, "given twice")
     overlap = edit(shards[1], tmp_path, move_sample(load(shards[0])))
     code, _, err = vst("certificate", "merge", shards[0], overlap, shards[2], "--out", out)
-    one_line(code, err, 2, "overlaps")
+    assert_one_line(code, err, 2, "overlaps")
     code, _, err = vst("certificate", "merge", overlap, shards[0], shards[2], "--out", out)
-    one_line(code, err, 2, "outside its shard")
+    assert_one_line(code, err, 2, "outside its shard")
     assert not out.exists()
 
 
@@ -246,7 +234,7 @@ def test_an_unsharded_certificate_is_not_a_shard(run, tmp_path):
     root, _, _, shards = run
     code, _, err = vst("certificate", "merge", root / "single.json", *shards,
                        "--out", tmp_path / "m.json")
-    one_line(code, err, 2, "not a shard certificate")
+    assert_one_line(code, err, 2, "not a shard certificate")
 
 
 # -- forged claims: exit 1 -----------------------------------------------------------
@@ -265,17 +253,17 @@ def test_a_forged_merged_certificate_fails_the_check(run, tmp_path):
     assert vst("certificate", "merge", *shards, "--out", out)[0] == 0
     forged = edit(out, tmp_path, forge_verified)
     code, _, err = vst("verify", model, "--certificate", forged)
-    one_line(code, err, 1, "claim does not re-check")
+    assert_one_line(code, err, 1, "claim does not re-check")
     # a shard certificate passed off as the whole run, or missing a sample
     as_whole = edit(shards[0], tmp_path, lambda c: c.pop("shard"), "as_whole.json")
     code, _, err = vst("verify", model, "--certificate", as_whole)
-    one_line(code, err, 1, "must be the first n=")
+    assert_one_line(code, err, 1, "must be the first n=")
     short = edit(shards[0], tmp_path, lambda c: (drop_sample(c), resum(c)), "short.json")
     code, _, err = vst("verify", model, "--certificate", short)
-    one_line(code, err, 1, f"must be shard 0/{SHARDS}")
+    assert_one_line(code, err, 1, f"must be shard 0/{SHARDS}")
     forged_shard = edit(shards[2], tmp_path, forge_verified, "forged_shard.json")
     code, _, err = vst("verify", model, "--certificate", forged_shard)
-    one_line(code, err, 1, "claim does not re-check")
+    assert_one_line(code, err, 1, "claim does not re-check")
     bad = edit(shards[0], tmp_path, set_path(["shard", "index"], SHARDS), "bad_shard.json")
     code, _, err = vst("verify", model, "--certificate", bad)
-    one_line(code, err, 2, "shard.index")
+    assert_one_line(code, err, 2, "shard.index")

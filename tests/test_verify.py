@@ -8,10 +8,9 @@ import xml.etree.ElementTree as ET
 import pytest
 import torch
 
-from helpers import tiny_config, tiny_mnist
+from helpers import train_certified_tiny
 from toolchain.data import load_dataset
 from toolchain.lirpa.bounds import Bounder
-from toolchain.train.loop import train
 from toolchain.verify.attack import AttackConfig, in_box, pgd
 from toolchain.verify.engine import verify_samples
 
@@ -21,10 +20,7 @@ EPS = 0.05
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
-    data_path = tiny_mnist(root / "tiny.npz")
-    cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,
-                                        "batch_size": 32, "lr": 2e-3, "eps": 0.08})
-    model = train(cfg, root / "run", show_progress=False)
+    data_path, model = train_certified_tiny(root)
     return root, data_path, model
 
 
