@@ -152,7 +152,8 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     int8_res = None
     if export_res.get("tflite_int8"):
         tflite = out / export_res["tflite_int8"]
-        int8_res = stages.run("verify_int8", _key(__version__, _sha256(tflite), cfg.verify.eps,
+        from toolchain.verify.int8_bounds import sha256_file
+        int8_res = stages.run("verify_int8", _key(__version__, sha256_file(tflite), cfg.verify.eps,
                                                   cfg.verify.n, data.sha256()),
                               [out / "certificate_int8.json"],
                               lambda: _verify_int8(tflite, data, cfg, out))
@@ -255,10 +256,6 @@ def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> dict:
     return run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
                        eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
                        verified_acc=reverify["verified_acc"], kernels=kernels)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _verify_int8(tflite: Path, data, cfg, out: Path) -> dict:
