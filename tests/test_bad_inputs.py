@@ -277,6 +277,35 @@ def test_bad_verify_options(tmp_path, args):
     assert_clean_failure(tmp_path, ["verify", path, *args])
 
 
+VNNLIB_HEAD = ("".join(f"(declare-const X_{i} Real)(assert (>= X_{i} 0))(assert (<= X_{i} 1))"
+                       for i in range(784)) + "".join(f"(declare-const Y_{j} Real)"
+                                                       for j in range(10)))
+BAD_VNNLIB = {   # name: (files written into tmp_path, --vnnlib argument)
+    "garbage property": ({"p.vnnlib": "\x00\x01 (assert"}, "p.vnnlib"),
+    "X count": ({"p.vnnlib": "(declare-const X_0 Real)(declare-const Y_0 Real)"
+                 "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= Y_0 1))"}, "p.vnnlib"),
+    "Y count": ({"p.vnnlib": VNNLIB_HEAD.replace("(declare-const Y_9 Real)", "")
+                 + "(assert (>= Y_1 Y_0))"}, "p.vnnlib"),
+    "csv columns": ({"i.csv": "MODEL,p.vnnlib\n", "p.vnnlib": VNNLIB_HEAD
+                     + "(assert (>= Y_1 Y_0))"}, "i.csv"),
+    "csv timeout": ({"i.csv": "MODEL,p.vnnlib,-1\n"}, "i.csv"),
+    "csv empty": ({"i.csv": "\n\n"}, "i.csv"),
+    "csv missing network": ({"i.csv": "nope.onnx,p.vnnlib,10\n"}, "i.csv"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VNNLIB))
+def test_bad_vnnlib_inputs_write_no_results(tmp_path, case):
+    files, arg = BAD_VNNLIB[case]
+    path = _model_file(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text.replace("MODEL", str(path)))
+    assert_clean_failure(tmp_path, ["verify", path, "--vnnlib", tmp_path / arg, "--results",
+                                    tmp_path / "res", "--json", tmp_path / "c.json"]
+                         if arg.endswith(".vnnlib") else
+                         ["verify", "--vnnlib", tmp_path / arg, "--results", tmp_path / "res"])
+
+
 def test_missing_and_foreign_inputs(tmp_path):
     (tmp_path / "junk.vst").write_bytes(os.urandom(64))
     (tmp_path / "junk.tflite").write_bytes(os.urandom(64))

@@ -70,6 +70,10 @@ def without_timing(cert):
     return out
 
 
+def r_method(result):
+    return result.get("method", "")
+
+
 def assert_same_as_single(merged, single):
     assert without_timing(merged) == without_timing(single)
     for rm, rs in zip(merged["results"], single["results"]):
@@ -77,7 +81,7 @@ def assert_same_as_single(merged, single):
         for a, b in zip(rm["samples"], rs["samples"]):
             # PGD seeds each sample's random starts from its global index, so a shard
             # attacks a sample exactly as the single run does
-            skip = ("margin_lower", "counterexample")
+            skip = ("margin_lower", "counterexample", "seconds")   # timing differs
             assert {k: v for k, v in a.items() if k not in skip} == \
                    {k: v for k, v in b.items() if k not in skip}, a["index"]
             assert ("counterexample" in a) == ("counterexample" in b), a["index"]
@@ -86,7 +90,10 @@ def assert_same_as_single(merged, single):
                           for s in (a, b))
                 assert np.max(np.abs(ca - cb)) <= 1e-5, a["index"]
             assert len(a["margin_lower"]) == len(b["margin_lower"])
-            assert all(abs(x - y) <= 1e-6 for x, y in zip(a["margin_lower"], b["margin_lower"])), \
+            # auto_LiRPA's CROWN depends a little on which samples share a batch
+            # (measured up to 1.1e-4 on a soft-pruned model, 0 on others); IBP does not
+            tol = 1e-6 if r_method(rs) == "ibp" else 1e-3
+            assert all(abs(x - y) <= tol for x, y in zip(a["margin_lower"], b["margin_lower"])), \
                 (a["index"], a["margin_lower"], b["margin_lower"])
 
 

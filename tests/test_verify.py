@@ -41,15 +41,15 @@ def test_verdicts_are_ordered_and_attack_never_breaks_verified(trained, method):
     module = model.torch_module().eval()
     res = verify_samples(module, Bounder(module, x.shape[1:]), x, y, EPS, method)
     clean = float((module(x).argmax(1) == y).float().mean())
-    assert res.verified_acc <= res.robust_upper <= clean + 1e-9
+    assert res.verified_acc <= res.robust_upper + 1e-9 <= clean + 2e-9
     assert res.count("verified") > 0, "the tiny model should certify something at eps=0.05"
     verified = torch.tensor([s.verdict == "verified" for s in res.samples])
     strong = AttackConfig(steps=100, restarts=10, seed=1)
     found, adv = pgd(module, x[verified], y[verified], EPS, strong)
     assert not found.any(), "a strong attack broke a sample we called verified"
     for s in res.samples:
-        if s.verdict == "verified":
-            assert min(s.margin_lower) > 0
+        if s.verdict == "verified" and s.method not in ("milp", "bab"):
+            assert min(s.margin_lower) > 0       # a complete proof needs no positive bound
 
 
 def test_falsified_counterexamples_are_real(trained):
@@ -110,7 +110,7 @@ def test_certificate_round_trip_and_model_swap(trained, tmp_path):
     bad = vst("verify", path, "--certificate", tmp_path / "forged.json")
     assert bad.returncode == 1 and "but its samples give" in bad.stderr   # the counts lie
     res["counts"] = {"verified": len(res["samples"]), "falsified": 0, "unknown": 0}
-    res.update(verified_by={"ibp": len(res["samples"])}, verified_acc=1.0,
+    res.update(verified_by={"ibp": len(res["samples"])}, falsified_by={}, verified_acc=1.0,
                robust_acc_upper=1.0, clean_acc=1.0)
     (tmp_path / "forged.json").write_text(json.dumps(cert))
     bad = vst("verify", path, "--certificate", tmp_path / "forged.json")

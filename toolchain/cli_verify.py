@@ -29,11 +29,15 @@ def _eps_list(text: str | None) -> list[float] | None:
 
 
 @click.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--data", help="Data set (built-in name or path); default: the model's own.")
 @click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
-@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all"]),
-              default="crown", show_default=True, help="all: IBP, then CROWN, then alpha-CROWN.")
+@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all", "complete"]),
+              default="crown", show_default=True,
+              help="all: IBP, CROWN, alpha-CROWN, then complete verification (MILP) of "
+                   "what is left; complete: that alone.")
+@click.option("--timeout", type=float,
+              help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60).")
 @click.option("--n", type=int, default=0, help="First N test samples (0: all).")
 @click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -51,9 +55,15 @@ def _eps_list(text: str | None) -> list[float] | None:
                    "certificates with `vst certificate merge`).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where bounds run; auto: CUDA when available, else CPU.")
+@click.option("--vnnlib", "vnnlib_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Verify VNN-LIB properties instead of a data set: PROP.vnnlib (with "
+                   "MODEL) or a VNN-COMP instances.csv (MODEL, if given, replaces its networks).")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="--vnnlib: write one VNN-COMP result file per property here.")
 @click.pass_context
-def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit_path,
-           plot_path, cert_path, c_source, shard_text, device) -> None:
+def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_path, junit_path,
+           plot_path, cert_path, c_source, shard_text, device, vnnlib_path,
+           results_dir) -> None:
     """Verify MODEL's robustness on the test split; gate CI on it.
 
     MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
@@ -61,9 +71,16 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
     --data and --eps; --method does not apply).
 
     \b
-    verified:  every margin lower bound > 0 over the eps-box (sound bound)
-    falsified: misclassified, or a PGD attack found a counterexample in the box
-    unknown:   neither
+    verified:  every margin lower bound > 0 over the eps-box (sound bound), or
+               complete verification (MILP) proved it
+    falsified: misclassified, or a counterexample in the box (PGD or MILP)
+    unknown:   neither (complete verification: it ran out of --timeout)
+
+    With --vnnlib the properties of a VNN-LIB file or a VNN-COMP
+    instances.csv (onnx,vnnlib,timeout per line) are decided instead:
+    unsat (verified), sat (a counterexample) or unknown / timeout; --method
+    complete or all decides each within its timeout, ibp / crown /
+    alpha-crown bound it (then PGD). --min-verified gates the unsat fraction.
     """
     from toolchain.verify import default_eps, load_any_model, resolve_dataset, verify_model
     from toolchain.verify.certificate import (build_certificate, check_certificate,
@@ -74,6 +91,18 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
 
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise VstError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if vnnlib_path is not None:
+        _verify_vnnlib(model, vnnlib_path, method, timeout, n, min_verified, json_path,
+                       cert_path, results_dir, device, not ctx.obj["quiet"],
+                       {"--data": data, "--eps": eps_text, "--junit": junit_path,
+                        "--plot": plot_path, "--c-source": c_source, "--shard": shard_text})
+        return
+    if model is None:
+        raise VstError("pass MODEL (or --vnnlib instances.csv, which names its networks)")
+    if results_dir is not None:
+        raise VstError("--results applies with --vnnlib")
     eps_list = _eps_list(eps_text)
     from toolchain.train.distributed import resolve_device
 
@@ -88,9 +117,6 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
                            "says which shard it is)")
         if model.suffix.lower() == ".tflite":
             raise VstError("--shard is not supported for an int8 .tflite")
-        if device == "cuda":
-            raise VstError("--shard runs on the CPU; drop --device cuda")
-        run_on = resolve_device("cpu")
     for path in (json_path, junit_path, plot_path):
         if path is not None:
             check_writable(path)
@@ -111,10 +137,12 @@ def verify(ctx, model, data, eps_text, method, n, min_verified, json_path, junit
         from toolchain.verify.shard import verify_shard
 
         results, record = verify_shard(vst_model, dataset, eps_list, method, n, shard,
-                                       show_progress=not ctx.obj["quiet"])
+                                       show_progress=not ctx.obj["quiet"], timeout=timeout,
+                                       device=run_on)
     else:
         results = verify_model(vst_model, dataset, eps_list, method, n,
-                               show_progress=not ctx.obj["quiet"], device=run_on)
+                               show_progress=not ctx.obj["quiet"], device=run_on,
+                               timeout=timeout)
     print_table(results)
     cert = build_certificate(vst_model, dataset, results)
     cert["versions"]["device"] = run_on.type
@@ -144,9 +172,82 @@ def _gate_certificate(cert: dict, min_verified: float) -> None:
                          f"n={first['n']}{where})")
 
 
+def _verify_vnnlib(model, vnnlib, method, timeout, n, min_verified, json_path, cert_path,
+                   results_dir, device, show_progress: bool, not_here: dict) -> None:
+    """`vst verify [MODEL] --vnnlib PROP.vnnlib|instances.csv` (toolchain.verify.vnncomp).
+
+    Every file is read and checked before anything runs; result files and the
+    certificate are written atomically.
+    """
+    from toolchain.atomic import check_writable
+    from toolchain.display import progress
+    from toolchain.verify import vnncomp, vnncomp_results
+    from toolchain.verify.property_certificate import (build_property_certificate,
+                                                       certificate_instances,
+                                                       check_property_certificate,
+                                                       load_property_certificate)
+
+    given = [flag for flag, value in not_here.items() if value is not None]
+    if given:
+        raise VstError(f"{given[0]} does not apply with --vnnlib (the properties hold the "
+                       "boxes)")
+    if device == "cuda":
+        raise VstError("--vnnlib runs on the CPU; drop --device cuda")
+    if model is not None and model.suffix.lower() == ".tflite":
+        raise VstError("--vnnlib takes a float model (.onnx or .vst), not an int8 .tflite")
+    if n < 0:
+        raise VstError(f"--n must be >= 0, got {n}")
+    instances = vnncomp.plan_instances(vnnlib, model, timeout)[: n or None]
+    if cert_path is not None:
+        cert = load_property_certificate(cert_path)
+        same = lambda i: (i.model.resolve(), i.vnnlib.resolve())  # noqa: E731
+        if [same(i) for i in certificate_instances(cert, cert_path)] != list(map(same, instances)):
+            raise VstError(f"{cert_path} speaks about other instances than {vnnlib}")
+        click.echo(check_property_certificate(cert, cert_path))
+        _gate_properties(cert["verified_acc"], cert["n"], cert["method"], min_verified)
+        return
+    if json_path is not None:
+        check_writable(json_path)
+    if results_dir is not None:
+        check_writable(results_dir, directory=True)
+    loaded = vnncomp.load_instances(instances)
+    names = vnncomp_results.result_names(instances)
+    done: list = []
+    with progress() as bar:
+        task = bar.add_task("verify properties", total=len(loaded), info=method,
+                            visible=show_progress)
+
+        def write(outcome) -> None:      # each result file as soon as it is known
+            if results_dir is not None:
+                vnncomp_results.write_result(results_dir, names[len(done)], outcome)
+            done.append(outcome)
+            bar.update(task, advance=1, info=f"{outcome.instance.vnnlib.name}: "
+                                             f"{outcome.result}")
+
+        outcomes = vnncomp.run_instances(loaded, method, on_done=write)
+    vnncomp_results.print_outcomes(outcomes, method)
+    if results_dir is not None:
+        vnncomp_results.write_summary(results_dir, outcomes, names)
+    cert = build_property_certificate(loaded, outcomes, method,
+                                      json_path or Path("certificate.json"))
+    if json_path is not None:
+        from toolchain.verify.certificate import save_certificate
+
+        save_certificate(json_path, cert)
+    _gate_properties(cert["verified_acc"], cert["n"], method, min_verified)
+
+
+def _gate_properties(verified_acc: float, n: int, method: str, min_verified) -> None:
+    """``--min-verified`` on a property run: the fraction of instances proved (unsat)."""
+    if min_verified is not None and verified_acc < min_verified:
+        raise GateFailed(f"verified (unsat) {verified_acc:.1%} < required {min_verified:.1%} "
+                         f"({n} properties, {method})")
+
+
 @click.group()
 def certificate() -> None:
-    """Work with certificate files (merge the shards of a sharded run)."""
+    """Work with certificate files (merge the shards of a sharded run, re-check a
+    VNN-LIB property certificate)."""
 
 
 @certificate.command("merge")
@@ -177,6 +278,28 @@ def certificate_merge(shards, out, min_verified) -> None:
                f"{first['verified_acc']:.1%} at eps={first['eps']:g} -> {out}")
     if min_verified is not None:
         _gate_certificate(merged, min_verified)
+
+
+@certificate.command("check")
+@click.argument("cert_path", metavar="CERTIFICATE",
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (unsat).")
+def certificate_check(cert_path, min_verified) -> None:
+    """Re-check a property certificate (`vst verify --vnnlib ... --json F`).
+
+    Reads the networks and properties it names (paths relative to the
+    certificate), checks their hashes, proves every verified claim again and
+    re-checks every counterexample; a claim that fails is exit 1. A data-set
+    certificate is checked with `vst verify MODEL --certificate F`.
+    """
+    from toolchain.verify.property_certificate import (check_property_certificate,
+                                                       load_property_certificate)
+
+    if min_verified is not None and not 0.0 <= min_verified <= 1.0:
+        raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    cert = load_property_certificate(cert_path)
+    click.echo(check_property_certificate(cert, cert_path))
+    _gate_properties(cert["verified_acc"], cert["n"], cert["method"], min_verified)
 
 
 def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,

@@ -167,6 +167,41 @@ class Bounder:
                                                 bound_upper=False)
         return beta * crown + (1.0 - beta) * ibp
 
+    def box_bounds(self, lower, upper, c, method: str = "crown"):
+        """Lower bounds (R,) on ``c @ f(x)`` over the box ``lower <= x <= upper`` (one
+        sample, any range), and each ReLU's pre-activation bounds from that pass.
+
+        ``c`` is (R, K). Returns ``(lb, relus)``, ``relus`` a list (network order)
+        of ``(lb, ub)`` float64 numpy arrays flattened per ReLU: the intermediate
+        bounds of that pass (with alpha-CROWN, from its optimized slopes; any
+        slopes give sound bounds), valid for every x in the box; the complete
+        verifier uses them as big-M values.
+        """
+        from auto_LiRPA import BoundedTensor, PerturbationLpNorm
+
+        method = _check_method(method)
+        lower = self._here(lower).reshape((1,) + self.input_shape).float()
+        upper = self._here(upper).reshape((1,) + self.input_shape).float()
+        if bool((lower > upper).any()):
+            raise VstError("box: a lower bound is above its upper bound")
+        c = self._here(c).to(lower.dtype).reshape(1, -1, self.num_classes)
+        self.sync()
+        x = self._lift((lower + upper) / 2)
+        ptb = PerturbationLpNorm(norm=float("inf"), x_L=self._lift(lower),
+                                 x_U=self._lift(upper))
+        grad = contextlib.nullcontext() if method == "alpha-crown" else torch.no_grad()
+        with self._frozen_if(method == "alpha-crown"), grad:
+            lb, _ = self._bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=c,
+                                                 method=_LIRPA_METHOD[method], bound_upper=False)
+        relus = []
+        for node in self._bounded.relus:
+            pre = node.inputs[0]
+            if getattr(pre, "lower", None) is None or getattr(pre, "upper", None) is None:
+                raise VstError("bounds: no intermediate bounds for a ReLU (IBP-only method?)")
+            relus.append((pre.lower.detach().double().cpu().numpy().reshape(-1),
+                          pre.upper.detach().double().cpu().numpy().reshape(-1)))
+        return lb.detach().reshape(-1), relus
+
     @staticmethod
     def verified(margin_lower: torch.Tensor) -> torch.Tensor:
         """Per-sample verdict (N,) bool: every margin lower bound is > 0."""

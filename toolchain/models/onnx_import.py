@@ -10,6 +10,13 @@ one output made of
     BatchNormalization (inference), Sub / Div by per-channel constants
     (-> Normalize), with Identity and Constant anywhere.
 
+The input is (N, ...) with the batch axis first (or one sample, rank 1:
+``(784,)``); unit axes are kept (``(1, 784, 1)`` is a sample of (784, 1)).
+Reshapes at the front, before the first layer, that keep the sample's values
+(``(1, 784) -> (1, 1, 28, 28)``) set the network's input shape; a Flatten of
+data that is already flat is dropped. Data and VNN-LIB boxes of the same size
+map onto the input in C order (``verify.resolve_dataset``).
+
 Loading parses protobufs only: no code runs, external data files are refused.
 
 Example: the graph ``Sub -> Div -> Conv -> Relu -> Flatten -> Gemm`` becomes
@@ -144,15 +151,56 @@ def _relu(node, chain: _Chain) -> None:
 def _flatten(node, chain: _Chain) -> None:
     if _attrs(node).get("axis", 1) != 1:
         raise VstError(f"ONNX node {_label(node)}: only Flatten(axis=1) is supported")
-    chain.add(L.Flatten())
+    _to_flat(chain)
+
+
+def _to_flat(chain: _Chain) -> None:
+    """A Flatten layer, unless the data is flat already (then the node changes nothing)."""
+    if len(chain.shape()) > 1:
+        chain.add(L.Flatten())
 
 
 def _reshape(node, chain: _Chain) -> None:
+    """Reshape to (N, -1) is a Flatten anywhere; any other reshape that keeps
+    the sample's values only at the front, before the first layer, where it
+    becomes the network's input shape (C order is kept, so a flat VNN-LIB box
+    or data of the same size map onto it unchanged)."""
     shape = [int(s) for s in chain.const(node, 1)]
-    if len(shape) != 2 or shape[0] not in (-1, 0, 1) or (shape[1] != -1 and shape[0] == -1):
-        raise VstError(f"ONNX node {_label(node)}: only Reshape to (N, -1) is supported, "
-                       f"got {shape}")
-    chain.add(L.Flatten())
+    target = _reshape_target(shape, chain.shape())
+    if target is None:
+        raise VstError(f"ONNX node {_label(node)}: Reshape to {shape} does not keep the "
+                       f"{math.prod(chain.shape())} values of a sample "
+                       f"(data (N, {', '.join(map(str, chain.shape()))}))")
+    if len(target) == 1:
+        _to_flat(chain)
+    elif not chain.layers:
+        chain.input_shape = target
+    else:
+        raise VstError(f"ONNX node {_label(node)}: after the first layer only Reshape to "
+                       f"(N, -1) is supported, got {shape}")
+
+
+def _reshape_target(shape: list[int], current: L.Shape) -> L.Shape | None:
+    """The per-sample shape after ONNX ``Reshape(shape)`` of data (N, *current), or None.
+
+    The batch axis is kept when the target's first entry is 0 (copy), -1 or 1
+    (the batch-1 graphs of VNN-COMP); a target without one (``[784]``) reads
+    as one sample. ``(0, -1)`` on (N, 1, 28, 28) gives (784,); ``(1, 1, 28, 28)``
+    on (N, 784) gives (1, 28, 28).
+    """
+    count = math.prod(current)
+    full = (1,) + tuple(current)
+    dims = [full[i] if s == 0 and i < len(full) else s for i, s in enumerate(shape)]
+    if not dims or dims.count(-1) > 1 or any(d == 0 or d < -1 for d in dims):
+        return None
+    if len(dims) >= 2 and (shape[0] in (0, -1) or dims[0] == 1):
+        dims = dims[1:]          # the batch axis
+    if -1 in dims:
+        known = math.prod(d for d in dims if d != -1)
+        if count % known:
+            return None
+        dims = [count // known if d == -1 else d for d in dims]
+    return tuple(dims) if math.prod(dims) == count else None
 
 
 def _batchnorm(node, chain: _Chain) -> None:
@@ -212,6 +260,7 @@ def import_onnx(path) -> VstModel:
     input_name, input_shape = _graph_input(graph, consts)
     chain = _Chain(input_shape, consts)
     current = _walk(graph, chain, input_name)
+    input_shape = chain.input_shape            # a Reshape at the front may change it
     if [o.name for o in graph.output] != [current]:
         raise VstError(f"ONNX graph is not one chain: its output is not the end of the chain "
                        f"(ends at {current!r})")
@@ -222,7 +271,8 @@ def import_onnx(path) -> VstModel:
     except VstError as exc:
         raise VstError(f"ONNX graph does not form a valid network: {exc}") from None
     meta = {p.key: p.value for p in proto.metadata_props}
-    record = {"imported_from": Path(path).name, "onnx_producer":
+    record = {"imported_from": Path(path).name, "onnx_input_shape": list(_input_dims(graph)),
+              "onnx_producer":
               f"{proto.producer_name} {proto.producer_version}".strip(),
               "onnx_metadata": meta, "config": _config_from_metadata(meta)}
     return VstModel(network, _state(network, chain.params), {}, record)
@@ -293,11 +343,18 @@ def _graph_input(graph, consts) -> tuple[str, L.Shape]:
         raise VstError(f"ONNX graph must have one input and one output, has "
                        f"{len(inputs)} and {len(graph.output)}")
     dims = inputs[0].type.tensor_type.shape.dim
-    shape = tuple(d.dim_value for d in dims[1:])
-    if len(dims) < 2 or any(d <= 0 for d in shape):
+    # (N, ...) with the batch axis first; a rank-1 input (784,) is one sample
+    shape = tuple(d.dim_value for d in (dims if len(dims) == 1 else dims[1:]))
+    if not dims or any(d <= 0 for d in shape):
         raise VstError(f"ONNX input {inputs[0].name!r} needs a fixed per-sample shape "
                        f"(N, C, ...), got {[d.dim_value or d.dim_param for d in dims]}")
     return inputs[0].name, shape
+
+
+def _input_dims(graph) -> list:
+    """The ONNX input's dimensions as written (numbers, or names for free axes)."""
+    inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    return [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
 
 
 def _walk(graph, chain: _Chain, current: str) -> str:

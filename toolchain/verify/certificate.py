@@ -21,14 +21,15 @@ test samples, each once; a shard certificate (``shard``, from
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from toolchain.atomic import write_text
 from toolchain.errors import GateFailed, VstError
-from toolchain.verify.certificate_schema import (BOUND_METHODS, VERDICTS, _bad, _is_int,
-                                                 _is_num, _show, validate_certificate)
-from toolchain.verify.engine import BATCH, CASCADES, EpsResult
+from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS,
+                                                 COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
+                                                 _is_int, _show,
+                                                 validate_certificate)
+from toolchain.verify.engine import BATCH, CASCADES, EpsResult, settled_by
 
 FORMAT = "vst-certificate"
 VERSION = 1
@@ -56,7 +57,8 @@ def build_certificate(model, dataset, results: list[EpsResult], split: str = "te
         "results": [{
             "eps": r.eps, "method": r.method, "n": r.n,
             "counts": {v: r.count(v) for v in VERDICTS},
-            "verified_by": r.by_method(), "verified_acc": r.verified_acc,
+            "verified_by": r.by_method(), "falsified_by": r.by_method("falsified"),
+            "verified_acc": r.verified_acc,
             "robust_acc_upper": r.robust_upper,
             "clean_acc": _clean_acc(sum(s.method == "clean" for s in r.samples), r.n),
             "seconds": r.seconds, "samples_per_second": _rate(r.n, r.seconds),
@@ -77,6 +79,16 @@ def save_certificate(path: Path, cert: dict) -> None:
     write_text(path, json.dumps(cert, indent=1) + "\n")
 
 
+def read_json(path: Path):
+    """A certificate file's JSON, whatever its format; one-line ``VstError`` if unreadable."""
+    if not path.is_file():
+        raise VstError(f"certificate not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise VstError(f"{path}: not a certificate ({exc})") from None
+
+
 def load_certificate(path: Path, any_format: bool = False) -> dict:
     """A certificate file (``any_format``: the int8 certificate too); one-line errors.
 
@@ -85,13 +97,11 @@ def load_certificate(path: Path, any_format: bool = False) -> dict:
     from toolchain.verify.int8_certificate import FORMAT as INT8_FORMAT
 
     path = Path(path)
-    if not path.is_file():
-        raise VstError(f"certificate not found: {path}")
-    try:
-        cert = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise VstError(f"{path}: not a certificate ({exc})") from None
+    cert = read_json(path)
     formats = (FORMAT, INT8_FORMAT) if any_format else (FORMAT,)
+    if isinstance(cert, dict) and cert.get("format") == "vst-property-certificate":
+        raise VstError(f"{path}: a VNN-LIB property certificate; check it with "
+                       f"`vst certificate check {path}`")
     if isinstance(cert, dict) and cert.get("format") == INT8_FORMAT and not any_format:
         raise VstError(f"{path}: an int8 certificate; check it against the .tflite it names")
     if not isinstance(cert, dict) or cert.get("format") not in formats:
@@ -187,7 +197,8 @@ class _Checker:
                              f"claim does not re-check: {failures[first]}{more}")
         self.counted["verified"] += sum(s["verdict"] == "verified" for s in samples)
         self.counted["falsified"] += sum(s["verdict"] == "falsified" for s in samples)
-        self.counted["pgd"] += sum(s["method"] == "pgd" for s in samples)
+        self.counted["pgd"] += sum(s["verdict"] == "falsified"
+                                   and s["method"] in COUNTEREXAMPLE_METHODS for s in samples)
         self.counted["reattacked"] += sum(s["method"] == "pgd" and "counterexample" not in s
                                           for s in samples)
         self.counted["seconds"] += time.perf_counter() - t0
@@ -236,20 +247,18 @@ class _Checker:
             raise fail(f"the samples must be the first n={n} test samples; "
                        f"sample {missing} is missing")
         count = {v: sum(s["verdict"] == v for s in samples) for v in VERDICTS}
-        by: dict[str, int] = {}
-        for s in samples:
-            if s["verdict"] == "verified":
-                by[s["method"]] = by.get(s["method"], 0) + 1
         clean_wrong = sum(s["method"] == "clean" for s in samples)
         expect = {
-            "counts": count, "verified_by": by,
+            "counts": count, "verified_by": settled_by(samples, "verified"),
             "verified_acc": count["verified"] / n,
             "robust_acc_upper": 1.0 - count["falsified"] / n,
             "clean_acc": _clean_acc(clean_wrong, n),
         }
+        if "falsified_by" in res:
+            expect["falsified_by"] = settled_by(samples, "falsified")
         for key, value in expect.items():
             claimed = res[key]
-            if key == "verified_by":
+            if key.endswith("_by"):
                 claimed = {m: k for m, k in claimed.items() if k}
             same = (claimed == value if isinstance(value, dict)
                     else abs(claimed - value) <= SUMMARY_TOL)
@@ -307,7 +316,7 @@ class _Checker:
         """
         import torch
 
-        eps, steps = res["eps"], list(CASCADES[res["method"]])
+        eps, steps = res["eps"], [m for m in CASCADES[res["method"]] if m in BATCH]
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
             steps.pop()
@@ -345,8 +354,12 @@ class _Checker:
         claims = [k for k, s in enumerate(samples)
                   if s["verdict"] == "verified" and k not in failures]
         for k in claims:
-            if min(samples[k]["margin_lower"]) <= 0:
+            if (samples[k]["method"] not in COMPLETE_METHODS
+                    and min(samples[k]["margin_lower"]) <= 0):
                 failures[k] = "claimed verified, but its own margins are not all > 0"
+        self._complete_claims(samples, eps, [k for k in claims if k not in failures
+                                             and samples[k]["method"] in COMPLETE_METHODS],
+                              failures)
         for method in BOUND_METHODS:
             pos = [k for k in claims if samples[k]["method"] == method and k not in failures]
             if not pos:
@@ -383,6 +396,28 @@ class _Checker:
                            f"higher than the re-computed {method} bound {float(lb[j][d]):.6g}")
                 failures.setdefault(k, why)
 
+    def _complete_claims(self, samples, eps, claims, failures) -> None:
+        """A claim of complete verification (milp / bab) holds when the complete
+        procedure, run again, proves it (within 3x its recorded time, at least
+        the default timeout): no bound can, so the proof is redone."""
+        import torch
+
+        from toolchain.verify.complete import classification_spec, decide
+        from toolchain.verify.engine import DEFAULT_TIMEOUT
+
+        shape = tuple(self.x_all.shape[1:])
+        for k in claims:
+            s = samples[k]
+            x = self.x_all[s["index"]]
+            timeout = max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0)))
+            d = decide(self.module, shape, torch.clamp(x - eps, min=0.0).numpy(),
+                       torch.clamp(x + eps, max=1.0).numpy(),
+                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False)
+            if d.status != "verified":
+                why = d.reason or f"it is {d.status} by {d.procedure}"
+                failures.setdefault(k, f"claimed verified by {s['method']}, but complete "
+                                       f"verification run again does not prove it ({why})")
+
     @staticmethod
     def _holds(lb, claimed, tol):
         """Proven (every bound > 0) and no claimed margin above the bound (within tol).
@@ -400,9 +435,14 @@ class _Checker:
         shape = tuple(self.x_all.shape[1:])
         stored, missing = [], []
         for k, s in enumerate(samples):
-            if s["method"] != "pgd" or k in failures:
+            if (s["verdict"] != "falsified" or s["method"] not in COUNTEREXAMPLE_METHODS
+                    or k in failures):
                 continue
             if "counterexample" not in s:
+                if s["method"] != "pgd":
+                    failures.setdefault(k, f"claimed falsified by {s['method']} without "
+                                           "a counterexample")
+                    continue
                 missing.append(k)
                 continue
             try:

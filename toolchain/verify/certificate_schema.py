@@ -16,8 +16,12 @@ from toolchain.verify.engine import CASCADES
 
 VERDICTS = ("verified", "falsified", "unknown")
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
+COMPLETE_METHODS = ("milp", "bab")          # complete verification (verify/complete.py)
 # Which step may decide which verdict (engine.verify_samples).
-DECIDERS = {"verified": BOUND_METHODS, "falsified": ("clean", "pgd"), "unknown": ("none",)}
+DECIDERS = {"verified": BOUND_METHODS + COMPLETE_METHODS,
+            "falsified": ("clean", "pgd") + COMPLETE_METHODS, "unknown": ("none",)}
+# A falsified sample decided by one of these carries its counterexample.
+COUNTEREXAMPLE_METHODS = ("pgd",) + COMPLETE_METHODS
 
 
 def _is_int(v) -> bool:
@@ -88,11 +92,15 @@ def validate_certificate(cert: dict, source: str = "certificate") -> None:
         counts = _need(source, res, "counts", where, is_dict, "an object")
         for v in VERDICTS:
             _need(source, counts, v, f"{where}.counts", nonneg_int, "an integer >= 0")
-        by = _need(source, res, "verified_by", where, is_dict, "an object")
-        for m, k in by.items():
-            if m not in BOUND_METHODS or not nonneg_int(k):
-                raise _bad(source, f"{where}.verified_by", "counts of "
-                           + ", ".join(BOUND_METHODS), {m: k})
+        for verdict in ("verified", "falsified"):
+            key = f"{verdict}_by"
+            if key not in res and verdict == "falsified":
+                continue            # written before certificates counted falsified steps
+            by = _need(source, res, key, where, is_dict, "an object")
+            for m, k in by.items():
+                if m not in DECIDERS[verdict] or not nonneg_int(k):
+                    raise _bad(source, f"{where}.{key}", "counts of "
+                               + ", ".join(DECIDERS[verdict]), {m: k})
         for key in ("verified_acc", "robust_acc_upper", "clean_acc"):
             _need(source, res, key, where, frac, "a number in [0, 1]")
         for key in ("seconds", "samples_per_second"):
@@ -116,10 +124,66 @@ def _validate_sample(source: str, where: str, s) -> None:
     _need(source, s, "margin_lower", where,
           lambda v: isinstance(v, list) and all(_is_num(m) for m in v),
           "a list of finite numbers")
+    if "seconds" in s:              # per-sample time (absent in older certificates)
+        _need(source, s, "seconds", where, lambda v: _is_num(v) and v >= 0,
+              "a finite number >= 0")
     if "counterexample" in s:
-        # Re-checked on samples falsified by pgd; on any other it claims nothing.
+        # Re-checked on samples falsified by pgd / milp / bab; on any other it claims nothing.
         _need(source, s, "counterexample", where, lambda v: isinstance(v, str),
               "a base64 string")
+
+
+# -- property certificates (vst verify --vnnlib; property_certificate.py) --------
+
+# Which procedure may decide which verdict of a VNN-LIB property, and the
+# VNN-COMP result word each verdict is written as.
+PROPERTY_DECIDERS = {"verified": ("ibp", "crown", "alpha-crown", "bab", "milp"),
+                     "falsified": ("pgd", "bab", "milp"),
+                     "unknown": ("ibp", "crown", "alpha-crown", "pgd", "bab", "milp", "none")}
+PROPERTY_RESULTS = {"verified": ("unsat",), "falsified": ("sat",),
+                    "unknown": ("unknown", "timeout")}
+PROPERTY_METHODS = ("ibp", "crown", "alpha-crown", "all", "complete")
+
+
+def validate_property_certificate(cert: dict, source: str = "certificate") -> None:
+    """Types and ranges of a property certificate; ``VstError`` naming the key if not."""
+    hexdigest = lambda v: (isinstance(v, str) and len(v) == 64  # noqa: E731
+                           and all(c in "0123456789abcdef" for c in v))
+    nonneg_int = lambda v: _is_int(v) and v >= 0  # noqa: E731
+    path = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
+    _need(source, cert, "method", "", lambda v: v in PROPERTY_METHODS,
+          "one of " + ", ".join(PROPERTY_METHODS))
+    _need(source, cert, "n", "", nonneg_int, "an integer >= 0")
+    counts = _need(source, cert, "counts", "", lambda v: isinstance(v, dict), "an object")
+    for v in VERDICTS:
+        _need(source, counts, v, "counts", nonneg_int, "an integer >= 0")
+    _need(source, cert, "verified_acc", "", lambda v: _is_num(v) and 0 <= v <= 1,
+          "a number in [0, 1]")
+    _need(source, cert, "seconds", "", lambda v: _is_num(v) and v >= 0, "a finite number >= 0")
+    entries = _need(source, cert, "instances", "", lambda v: isinstance(v, list), "a list")
+    for k, e in enumerate(entries):
+        where = f"instances[{k}]"
+        if not isinstance(e, dict):
+            raise _bad(source, where, "an object", e)
+        _need(source, e, "index", where, nonneg_int, "an integer >= 0")
+        for key in ("model", "vnnlib"):
+            _need(source, e, key, where, path, "a path")
+        for key in ("model_sha256", "weights_sha256", "vnnlib_sha256"):
+            _need(source, e, key, where, hexdigest, "a SHA-256 hex digest")
+        _need(source, e, "timeout", where, lambda v: _is_num(v) and v > 0,
+              "a number of seconds > 0")
+        _need(source, e, "seconds", where, lambda v: _is_num(v) and v >= 0,
+              "a finite number >= 0")
+        verdict = _need(source, e, "verdict", where, lambda v: v in VERDICTS,
+                        "one of " + ", ".join(VERDICTS))
+        _need(source, e, "result", where, lambda v: v in PROPERTY_RESULTS[verdict],
+              f"for a {verdict} instance " + " or ".join(PROPERTY_RESULTS[verdict]))
+        _need(source, e, "procedure", where, lambda v: v in PROPERTY_DECIDERS[verdict],
+              f"for a {verdict} instance one of " + ", ".join(PROPERTY_DECIDERS[verdict]))
+        _need(source, e, "reason", where, lambda v: isinstance(v, str), "a string")
+        if verdict == "falsified" or "counterexample" in e:
+            _need(source, e, "counterexample", where, lambda v: isinstance(v, str),
+                  "a base64 string (a falsified instance carries its counterexample)")
 
 
 # -- re-checking ----------------------------------------------------------------

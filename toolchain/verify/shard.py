@@ -49,11 +49,13 @@ def shard_record(index: int, count: int, total: int) -> dict:
 
 
 def verify_shard(model, dataset, eps_list, method: str, n: int, shard: tuple[int, int], *,
-                 show_progress: bool = True, attack=None):
+                 show_progress: bool = True, attack=None, timeout: float | None = None,
+                 device=None):
     """The cascade on shard ``(I, N)`` of the first ``n`` test samples (0: all).
 
     Returns ``(results, record)``: ``EpsResult`` per eps whose samples carry
     their global test index, and the certificate's ``shard`` record.
+    ``device``: where the network and its bounds run (default the CPU).
     """
     import torch
 
@@ -70,8 +72,12 @@ def verify_shard(model, dataset, eps_list, method: str, n: int, shard: tuple[int
     if not idx:
         raise VstError(f"--shard {index}/{count}: the slice is empty (only {total} test "
                        "samples); use fewer shards")
-    module = model.torch_module().eval()
+    device = torch.device("cpu") if device is None else device
+    module = model.torch_module().eval().to(device)
     bounder = Bounder(module, dataset.input_shape)
+    if device.type != "cpu":
+        from toolchain.verify import _on_device
+        module, bounder = _on_device(module, bounder, device)
     sel = torch.tensor(idx, dtype=torch.long)
     x = torch.from_numpy(dataset.x_test[: total])[sel]
     y = torch.from_numpy(dataset.y_test[: total])[sel]
@@ -82,7 +88,8 @@ def verify_shard(model, dataset, eps_list, method: str, n: int, shard: tuple[int
                                 info=method, visible=show_progress)
             res = verify_samples(
                 module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
-                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m), ids=idx)
+                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m), ids=idx,
+                **({} if timeout is None else {"timeout": timeout}))
             for s in res.samples:
                 s.index = idx[s.index]
             results.append(res)
@@ -108,6 +115,7 @@ def _settings(cert: dict) -> dict:
 def merge_certificates(certs: list[dict]) -> dict:
     """One certificate from the shard certificates of one run; ``VstError`` naming the problem."""
     from toolchain.verify.certificate import VERDICTS, _clean_acc, _rate
+    from toolchain.verify.engine import settled_by
 
     if not certs:
         raise VstError("certificate merge: no certificates given")
@@ -168,13 +176,11 @@ def merge_certificates(certs: list[dict]) -> dict:
         samples.sort(key=lambda s: s["index"])
         n = len(samples)
         counts = {v: sum(s["verdict"] == v for s in samples) for v in VERDICTS}
-        by: dict[str, int] = {}
-        for s in samples:
-            if s["verdict"] == "verified":
-                by[s["method"]] = by.get(s["method"], 0) + 1
         merged_results.append({
             "eps": res0["eps"], "method": res0["method"], "n": n, "counts": counts,
-            "verified_by": by, "verified_acc": counts["verified"] / max(1, n),
+            "verified_by": settled_by(samples, "verified"),
+            "falsified_by": settled_by(samples, "falsified"),
+            "verified_acc": counts["verified"] / max(1, n),
             "robust_acc_upper": 1.0 - counts["falsified"] / max(1, n),
             "clean_acc": _clean_acc(sum(s["method"] == "clean" for s in samples), n),
             "seconds": seconds, "samples_per_second": _rate(n, seconds),

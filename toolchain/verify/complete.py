@@ -1,0 +1,203 @@
+"""Complete verification of one property: verified, falsified, or unknown on timeout.
+
+A property is an input box ``[lower, upper]`` and an unsafe output region,
+a disjunction of conjunctions: disjunct ``(A, c)`` holds at ``y = f(x)`` when
+every row of ``A @ y <= c`` does. ``decide`` answers whether some box input
+reaches the unsafe region, cheapest step first:
+
+1. CROWN bounds on every row: a disjunct with a row whose lower bound is
+   above its ``c`` is unreachable; none left -> ``verified`` ("crown");
+2. PGD on the remaining disjuncts (``spec_attack``) -> ``falsified`` ("pgd");
+3. alpha-CROWN, the same way -> ``verified`` ("alpha-crown");
+4. the complete procedure, a MILP per open disjunct (``milp``), with the
+   tightest ReLU bounds of steps 1 and 3 as big-M values -> ``verified`` or
+   ``falsified`` ("milp"), or ``unknown`` when ``timeout`` runs out.
+
+Why a MILP and not branch and bound over ReLU splits: on the nets vst makes
+(MNIST MLPs and small CNNs, a few hundred unstable ReLUs at the eps where
+CROWN gives up) HiGHS with CROWN/alpha-CROWN big-M values settles the
+instances in seconds, is exact by construction once every unstable ReLU is
+a binary, and needs none of auto_LiRPA 0.3's beta-CROWN internals
+(``sparse_beta`` set up per split by alpha-beta-CROWN's own driver). The
+measurements are in ``benchmarks/README.md`` ("Complete verification").
+
+Every ``falsified`` carries an input that was re-checked on the float32
+torch model (inside the box, outputs in the disjunct); a ``verified`` comes
+only from a sound bound or a MILP whose proven bound clears 0 by a margin.
+
+Classification robustness of ``(x, label)`` at eps is ``classification_spec``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from toolchain.errors import VstError
+from toolchain.verify.spec_attack import spec_pgd, unsafe_at
+
+STATUSES = ("verified", "falsified", "unknown")
+PROCEDURES = ("crown", "alpha-crown", "pgd", "bab", "milp", "none")
+COMPLETE = ("bab", "milp")        # the procedures that decide what bounds cannot
+DEFAULT_TIMEOUT = 60.0            # seconds per property (VNN-COMP's usual budget)
+
+
+@dataclass
+class Decision:
+    status: str            # "verified" | "falsified" | "unknown"
+    procedure: str         # which step decided: crown | alpha-crown | pgd | bab | milp | none
+    seconds: float
+    counterexample: np.ndarray | None = None   # float32, input shape, inside the box, re-checked
+    reason: str = ""       # for "unknown": why (e.g. "timeout after 60 s")
+    bounds: np.ndarray | None = None   # lower bound of every row (A @ y) over the box, stacked
+
+
+def classification_spec(label: int, num_classes: int):
+    """Unsafe region of a robust classification: some class j != label scores at
+    least the label's, one disjunct ``(e_label - e_j) @ y <= 0`` per j (in class order,
+    the order of ``lirpa.bounds.margin_matrix``)."""
+    out = []
+    for j in range(num_classes):
+        if j != label:
+            a = np.zeros((1, num_classes))
+            a[0, label], a[0, j] = 1.0, -1.0
+            out.append((a, np.zeros(1)))
+    return out
+
+
+def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, network=None,
+           seed: int = 0, bounder=None, cheap: bool = True,
+           clock=time.perf_counter) -> Decision:
+    """Unsafe iff some x in [lower, upper] (numpy, input shape or flat) and some
+    disjunct (A, c) has all rows of A @ f(x) <= c. "verified" = no such x exists
+    (proved soundly). ``bounder``: a ``Bounder`` of ``module`` to reuse (built if
+    None); ``network`` is accepted for callers that hold the layer list (the MILP
+    reads the same maps off ``module``). ``cheap=False`` skips the verdicts of
+    steps 1-3 (their bounds are still computed for the MILP): the complete
+    procedure alone, for tests and for comparing procedures. ``clock``: what
+    ``timeout`` and ``Decision.seconds`` count (wall time; benchmarks on a shared
+    machine pass ``time.process_time`` to count this process's CPU time)."""
+    from toolchain.lirpa.bounds import Bounder
+
+    t0 = clock()
+    shape = tuple(int(s) for s in input_shape)
+    lower, upper = _box(lower, upper, shape)
+    if not (timeout > 0 and np.isfinite(timeout)):
+        raise VstError(f"timeout must be a positive number of seconds, got {timeout}")
+    module.eval()
+    bounder = bounder or Bounder(module, shape)
+    disjuncts = _disjuncts(disjuncts, bounder.num_classes)
+    rows = np.concatenate([a for a, _ in disjuncts])
+    offsets = np.concatenate([c for _, c in disjuncts])
+    owner = np.concatenate([np.full(len(c), d) for d, (_, c) in enumerate(disjuncts)])
+    elapsed = lambda: clock() - t0                                   # noqa: E731
+    done = lambda status, proc, **kw: Decision(status, proc, elapsed(), **kw)  # noqa: E731
+
+    lb, relus = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "crown")
+    best = lb.double().cpu().numpy()
+    open_ = _open(best, offsets, owner, len(disjuncts))
+    if not open_ and cheap:
+        return done("verified", "crown", bounds=best)
+    adv = spec_pgd(module, shape, lower, upper, [disjuncts[d] for d in open_],
+                   seed=seed) if cheap and open_ else None
+    if adv is not None:
+        return done("falsified", "pgd", counterexample=adv.reshape(shape), bounds=best)
+    lb2, relus2 = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "alpha-crown")
+    best = np.maximum(best, lb2.double().cpu().numpy())
+    relus = [(np.maximum(a, c), np.minimum(b, d)) for (a, b), (c, d) in zip(relus, relus2)]
+    open_ = _open(best, offsets, owner, len(disjuncts)) if cheap else list(range(len(disjuncts)))
+    if not open_:
+        return done("verified", "alpha-crown", bounds=best)
+    return _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets,
+                 owner, timeout, elapsed, clock is time.perf_counter)
+
+
+def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, owner,
+          timeout, elapsed, wall: bool) -> Decision:
+    """Step 4: a MILP per open disjunct."""
+    from toolchain.verify.milp import MilpEncoding, TooLarge, affine_segments
+
+    try:
+        segments = affine_segments(module, shape)
+    except TooLarge as exc:
+        return Decision("unknown", "none", elapsed(), bounds=best,
+                        reason=str(exc))
+    enc = MilpEncoding(segments, lower, upper, relus)
+    # What the float64 MILP must clear 0 by: float32 rounding of the network's
+    # outputs (about 1e-6 relative) and LP tolerances, with room to spare,
+    # scaled by the size of the outputs. A closer call stays "unknown".
+    margin = 1e-4 * (1.0 + float(np.max(np.abs(best))))
+    probes = (lower, upper, (lower + upper) / 2)
+    if not all(enc.consistent(p) for p in probes):
+        return Decision("unknown", "none", elapsed(), bounds=best,
+                        reason="the ReLU bounds do not hold at a corner of the box "
+                               "(numerical trouble); no MILP run")
+    # One MILP per open disjunct, the likeliest to be reachable first. (Tried: one
+    # MILP over all open disjuncts with a selector binary each; on the natural
+    # 2x256 MLP it settled no instance that this does not, so it was dropped.)
+    slack = {d: float(np.max(best[owner == d] - offsets[owner == d])) for d in open_}
+    for k, d in enumerate(sorted(open_, key=slack.get)):
+        a, c = disjuncts[d]
+        res = enc.solve([(a, c)], time_limit=timeout - elapsed(), margin=margin,
+                        elapsed=None if wall else elapsed)
+        if res.status == "unreachable" and min(enc.objective_at(p, a, c)
+                                               for p in probes) <= margin:
+            res.status, res.reason = "unknown", ("the MILP's cutoff contradicts a box "
+                                                 "point within the margin (numerics)")
+        if res.status == "reachable":
+            x = res.x.astype(np.float32)
+            if unsafe_at(module, x, shape, lower, upper, disjuncts):
+                return Decision("falsified", "milp", elapsed(),
+                                counterexample=x.reshape(shape), bounds=best)
+            res.reason = (f"the MILP optimum {res.objective:.3g} lies within numerical "
+                          "tolerance of the boundary and does not re-check on the float "
+                          "model")
+        if res.status != "unreachable":
+            spent = elapsed()
+            why = "timeout" if spent >= timeout - 0.5 or "time limit" in res.reason else "limit"
+            return Decision("unknown", "none", spent, bounds=best, reason=(
+                f"{why} after {spent:.0f} s: disjunct {k + 1} of {len(open_)} open "
+                f"({res.reason}; {enc.unstable} unstable ReLUs)"))
+    return Decision("verified", "milp", elapsed(), bounds=best)
+
+
+def _open(lb, offsets, owner, n) -> list[int]:
+    """Disjuncts not refuted: none of their rows has a lower bound above its c.
+
+    The bound must clear c by a little (float32 bounds): a tie stays open.
+    """
+    refuted = lb > offsets + 1e-6 * (1.0 + np.abs(offsets))
+    return [d for d in range(n) if not refuted[owner == d].any()]
+
+
+def _box(lower, upper, shape):
+    size = int(np.prod(shape))
+    lo = np.asarray(lower, np.float32).reshape(-1)
+    hi = np.asarray(upper, np.float32).reshape(-1)
+    if lo.size != size or hi.size != size:
+        raise VstError(f"the input box has {lo.size}/{hi.size} bounds, the model takes "
+                       f"{size} inputs {shape}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise VstError("the input box must be finite")
+    if np.any(lo > hi):
+        raise VstError(f"the input box is empty at input {int(np.argmax(lo > hi))}")
+    return lo, hi
+
+
+def _disjuncts(disjuncts, k: int):
+    out = []
+    for i, (a, c) in enumerate(disjuncts):
+        a = np.atleast_2d(np.asarray(a, np.float64))
+        c = np.asarray(c, np.float64).reshape(-1)
+        if a.ndim != 2 or a.shape[1] != k or len(a) != len(c) or len(a) == 0:
+            raise VstError(f"disjunct {i}: expected A of shape (R, {k}) and c of R values, "
+                           f"got {a.shape} and {c.shape}")
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(c))):
+            raise VstError(f"disjunct {i}: A and c must be finite")
+        out.append((a, c))
+    if not out:
+        raise VstError("the property has no disjunct (nothing is unsafe)")
+    return out

@@ -1,0 +1,54 @@
+"""Counterexamples re-checked on onnxruntime: the ONNX file as written.
+
+vst verifies its own import of an ONNX network (``models.onnx_import``); a
+VNN-COMP judge runs the file itself with onnxruntime. So before a ``sat`` is
+reported, its input also goes through onnxruntime, fed in the graph's own
+input shape (free axes set to 1), and the outputs must be unsafe there too.
+An import bug (a wrong axis order, say) then shows as a refused
+counterexample, never as a wrong ``sat``.
+
+>>> run = OrtRunner("net.onnx")              # doctest: +SKIP
+>>> run(x_flat).shape                        # doctest: +SKIP
+(10,)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from toolchain.errors import VstError
+
+
+class OrtRunner:
+    """One onnxruntime session of an ONNX file (CPU, one thread)."""
+
+    def __init__(self, path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise VstError(f"{path}: onnxruntime cannot load it "
+                           f"({str(exc).splitlines()[0]})") from None
+        first = self.session.get_inputs()[0]
+        self.name = first.name
+        self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The first output, flattened, for one input ``x`` (any shape, C order)."""
+        x = np.asarray(x, np.float32).reshape(-1)
+        if x.size != math.prod(self.shape):
+            raise VstError(f"onnxruntime input {self.name!r} takes {self.shape}, "
+                           f"got {x.size} values")
+        return self.session.run(None, {self.name: x.reshape(self.shape)})[0].reshape(-1)
+
+
+def unsafe_on_onnxruntime(runner: OrtRunner, prop, x) -> tuple[bool, np.ndarray]:
+    """Whether onnxruntime's outputs on ``x`` meet the property's unsafe region."""
+    y = runner(x)
+    return prop.unsafe(y), y
