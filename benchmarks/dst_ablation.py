@@ -20,7 +20,7 @@ from common import evaluate, machine, markdown, write  # noqa: E402
 
 from toolchain.config import config_from_dict  # noqa: E402
 from toolchain.data import load_dataset  # noqa: E402
-from toolchain.train.loop import train  # noqa: E402
+from toolchain.train.trainer import train  # noqa: E402
 
 VARIANTS = {
     "structured, default DST": {"density": 0.1},
@@ -37,7 +37,8 @@ def main() -> None:
     data = load_dataset("mnist5k")
     results, rows = [], []
     for name, sparsity in VARIANTS.items():
-        cfg = config_from_dict({"model": {"arch": "cnn_small"}, "sparsity": sparsity,
+        cfg = config_from_dict({"model": {"arch": "cnn_small"},
+                                "sparsity": {"method": "verisparse", **sparsity},
                                 "verify": {"eps": 0.1}})
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from toolchain.export.c import generate_c  # noqa: E402
 from toolchain.export.tflite import export_tflite  # noqa: E402
 from toolchain.models.modelfile import load_model  # noqa: E402
 from toolchain.targets import load_target  # noqa: E402
-from toolchain.train.loop import train  # noqa: E402
+from toolchain.train.trainer import train  # noqa: E402
 
 FLOOR = {"float": 1.0, "int8": 0.5}   # instructions per MAC, compute only (DESIGN section 4)
 AIMS = {"int8_per_mac": 2.0, "float_per_mac": 3.0, "cash_in": 1.15, "csr_speedup": 3.0}

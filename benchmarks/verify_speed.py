@@ -26,7 +26,7 @@ from toolchain.compact import compact  # noqa: E402
 from toolchain.config import config_from_dict  # noqa: E402
 from toolchain.data import load_dataset  # noqa: E402
 from toolchain.lirpa.bounds import Bounder  # noqa: E402
-from toolchain.train.loop import train  # noqa: E402
+from toolchain.train.trainer import train  # noqa: E402
 
 EPS = 0.1
 COUNTS = {"ibp": 1000, "crown": 1000, "alpha-crown": 20}

@@ -28,7 +28,7 @@ def tiny_config(data_path, **sections):
         "model": {"arch": "cnn_small", "channels": [4, 8], "widths": [16]},
         "sparsity": {"update_every": 5, "density": 0.3},
         "train": {"epochs": 3, "batch_size": 64, "warmup_epochs": 1, "ramp_epochs": 1,
-                  "val_size": 64, "eps": 0.1},
+                  "val_size": 64, "eps": 0.1, "threads": 1},
         "verify": {"eps": 0.05},
     }
     for name, values in sections.items():
@@ -74,11 +74,12 @@ TRAIN = {"epochs": 8, "warmup_epochs": 6, "ramp_epochs": 1, "batch_size": 16, "l
 
 def train_tiny(root):
     """A tiny sparse certified-trained model on a slice of mnist5k, and that slice."""
-    from toolchain.train.loop import train
+    from toolchain.train.trainer import train
 
     data = dict(np.load(tiny_mnist(root / "tiny.npz")))
-    return train(tiny_config(root / "tiny.npz", train=TRAIN), root / "run",
-                 show_progress=False), data
+    return train(tiny_config(root / "tiny.npz", train=TRAIN,
+                             sparsity={"method": "verisparse"}),   # at the target from step 0
+                 root / "run", show_progress=False), data
 
 
 def resum(c):
@@ -94,6 +95,12 @@ def resum(c):
             if s["verdict"] == "verified":
                 by[s["method"]] = by.get(s["method"], 0) + 1
         r["verified_by"] = by
+        if "falsified_by" in r:
+            fby = {}
+            for s in ss:
+                if s["verdict"] == "falsified":
+                    fby[s["method"]] = fby.get(s["method"], 0) + 1
+            r["falsified_by"] = fby
         r["verified_acc"] = r["counts"]["verified"] / n
         r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
         r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
@@ -105,7 +112,7 @@ def train_certified_tiny(root):
     """A tiny model certified-trained long enough that verification gives every
     verdict (verified, falsified by attack, misclassified): (data path, model).
     Shared by the verification, certificate-check and shard tests."""
-    from toolchain.train.loop import train
+    from toolchain.train.trainer import train
 
     data_path = tiny_mnist(root / "tiny.npz")
     cfg = tiny_config(data_path, train={"epochs": 8, "warmup_epochs": 2, "ramp_epochs": 4,

@@ -12,7 +12,7 @@ from helpers import tiny_mnist
 SUMMARY_KEYS = {
     "dataset": None, "model": None, "eps": None,
     "sparsity": {"mode", "density", "params_total", "params_nonzero"},
-    "train": {"seconds", "epochs", "clean_acc"},
+    "train": {"seconds", "epochs", "clean_acc", "device", "threads", "cpus"},
     "verify": {"method", "eps", "n", "clean_acc", "verified_acc"},
     "compact": {"params_before", "params_after", "macs_before", "macs_after", "max_abs_diff",
                 "verified_acc"},

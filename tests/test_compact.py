@@ -13,7 +13,7 @@ from toolchain.lirpa.bounds import Bounder
 from toolchain.models import layers as L
 from toolchain.models.modelfile import VstModel, load_model
 from toolchain.models.torch_build import build_torch
-from toolchain.train.loop import train
+from toolchain.train.trainer import train
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "batchnorm"])

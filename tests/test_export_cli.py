@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from helpers import tiny_config, tiny_mnist
-from toolchain.train.loop import train
+from toolchain.train.trainer import train
 
 
 def test_export_all_formats_unstructured(tmp_path):

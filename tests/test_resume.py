@@ -18,13 +18,14 @@ import pytest
 import torch
 
 import toolchain.train.loop as loop
+import toolchain.train.trainer as trainer
 from helpers import tiny_config, tiny_mnist
 from toolchain.train.checkpoint import load_checkpoint
 
 # 256 training images in batches of 64: 4 steps an epoch, 16 in all; the eps
 # ramp runs over epochs 2-3, masks move every 3 steps until step 12
 TRAIN = {"epochs": 4, "warmup_epochs": 1, "ramp_epochs": 2, "batch_size": 64, "val_size": 64}
-SPARSITY = {"update_every": 3}
+SPARSITY = {"method": "verisparse", "update_every": 3}   # DST: update steps skip the weight step
 
 
 class Killed(BaseException):
@@ -42,7 +43,7 @@ def uninterrupted(cfg, tmp_path_factory):
     # CPU sums split per thread, so the thread count is part of the run; a
     # module fixture is set up before conftest's per-test set_num_threads(1)
     torch.set_num_threads(1)
-    return loop.train(cfg, tmp_path_factory.mktemp("full"), show_progress=False)
+    return trainer.train(cfg, tmp_path_factory.mktemp("full"), show_progress=False)
 
 
 def kill_at_step(monkeypatch, n: int) -> None:
@@ -78,7 +79,7 @@ KILLS = {
     "while writing the epoch-3 checkpoint": lambda mp: mp.setattr(
         "safetensors.torch.save_file", _nth_call(die, 3)),
     "after the last checkpoint, before model.vst": lambda mp: mp.setattr(
-        loop, "save_model", die),
+        trainer, "save_model", die),
 }
 
 
@@ -98,15 +99,15 @@ def test_resume_after_a_kill_is_bit_exact(cfg, uninterrupted, tmp_path, monkeypa
     with monkeypatch.context() as mp:
         KILLS[where](mp)
         with pytest.raises(Killed):
-            loop.train(cfg, tmp_path, show_progress=False)
-    assert not (tmp_path / loop.MODEL_FILE).exists()
-    resumed = loop.train(cfg, tmp_path, resume=True, show_progress=False)
+            trainer.train(cfg, tmp_path, show_progress=False)
+    assert not (tmp_path / trainer.MODEL_FILE).exists()
+    resumed = trainer.train(cfg, tmp_path, resume=True, show_progress=False)
     assert_same_run(resumed, uninterrupted)
 
 
 def test_resume_at_an_epoch_boundary_is_bit_exact(cfg, uninterrupted, tmp_path):
-    loop.train(cfg, tmp_path, show_progress=False, stop_after=1)
-    resumed = loop.train(cfg, tmp_path, resume=True, show_progress=False)
+    trainer.train(cfg, tmp_path, show_progress=False, stop_after=1)
+    resumed = trainer.train(cfg, tmp_path, resume=True, show_progress=False)
     assert_same_run(resumed, uninterrupted)
 
 
@@ -116,6 +117,7 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)                  # as the uninterrupted run
     import toolchain.train.loop as loop
+    import toolchain.train.trainer as trainer
     from helpers import tiny_config
     calls = {{"n": 0}}
     real = loop.certified_loss
@@ -125,7 +127,7 @@ CHILD = textwrap.dedent("""
         calls["n"] += 1
         return real(*args, **kwargs)
     loop.certified_loss = loss
-    loop.train(tiny_config({data!r}, train={train!r}, sparsity={sparsity!r}), {out!r},
+    trainer.train(tiny_config({data!r}, train={train!r}, sparsity={sparsity!r}), {out!r},
                show_progress=False)
 """)
 
@@ -138,12 +140,12 @@ def test_resume_after_a_real_sigkill_mid_epoch(cfg, uninterrupted, tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert load_checkpoint(tmp_path).epoch == 2          # killed in epoch 3, step 9 of 16
-    resumed = loop.train(cfg, tmp_path, resume=True, show_progress=False)
+    resumed = trainer.train(cfg, tmp_path, resume=True, show_progress=False)
     assert_same_run(resumed, uninterrupted)
 
 
 def test_checkpoint_carries_random_states_and_step(cfg, uninterrupted, tmp_path):
-    loop.train(cfg, tmp_path, show_progress=False, stop_after=2)
+    trainer.train(cfg, tmp_path, show_progress=False, stop_after=2)
     ck = load_checkpoint(tmp_path)
     assert ck.step == 2 * 4
     assert ck.rng["threads"] == torch.get_num_threads()

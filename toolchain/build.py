@@ -205,13 +205,15 @@ class _Progress:
 
 
 def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
-    from toolchain.train.loop import train
+    from toolchain.train.trainer import train
 
     model = train(cfg, out_dir, show_progress=show_progress)
     last = model.record["epochs"][-1]
     return {"seconds": model.record["train_seconds"], "epochs": len(model.record["epochs"]),
             "clean_acc": last["val_clean_acc"], "density": model.record["density"],
-            "mode": model.record["mode"], "device": model.record.get("device", "cpu")}
+            "mode": model.record["mode"], "device": model.record.get("device", "cpu"),
+            "method": model.record.get("method"), "threads": model.record.get("threads"),
+            "cpus": model.record.get("cpus")}
 
 
 def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
@@ -222,7 +224,8 @@ def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
 
     device = resolve_device(cfg.verify.device)
     result = verify_model(model, data, [cfg.verify.eps], cfg.verify.method, cfg.verify.n,
-                          show_progress=show_progress, device=device)
+                          show_progress=show_progress, device=device,
+                          timeout=cfg.verify.timeout)
     cert = build_certificate(model, data, result)
     cert["versions"]["device"] = device.type
     save_certificate(path, cert)
@@ -289,7 +292,8 @@ def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict
         "sparsity": {"method": cfg.sparsity.method, "mode": tr["mode"], "density": tr["density"],
                      "params_total": co["params_before"], "params_nonzero": co["nonzero_after"]},
         "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"],
-                  "device": tr.get("device", "cpu")},
+                  "device": tr.get("device", "cpu"), "threads": tr.get("threads"),
+                  "cpus": tr.get("cpus")},
         "verify": {k: ve[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
                                       "robust_acc_upper")} | {"device": ve.get("device", "cpu")},
         "compact": {"params_before": co["params_before"], "params_after": co["params_after"],

@@ -139,7 +139,8 @@ def train(ctx, config_path, out, resume, device) -> None:
 
     from toolchain.atomic import check_writable
     from toolchain.train.distributed import World, resolve_device
-    from toolchain.train.loop import MODEL_FILE, train as run_training
+    from toolchain.train.loop import MODEL_FILE
+    from toolchain.train.trainer import train as run_training
 
     cfg = _load_config(config_path, ctx)
     if device is not None:

@@ -30,6 +30,16 @@ def _is_weight(sp, name: str) -> bool:
     return name.endswith(".weight") and int(name.split(".")[0]) in sp.layers
 
 
+def _mask_param(p: torch.Tensor, mask: torch.Tensor, optimizer) -> None:
+    """``p *= mask`` in place (mask broadcast, moved to p's device), and p's Adam moments."""
+    mask = mask.to(p.device)
+    p.mul_(mask)
+    if optimizer is not None:
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value) and value.shape == p.shape:
+                value.mul_(mask)
+
+
 def _random_mask(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=gen)[:k]] = True
@@ -39,22 +49,28 @@ def _random_mask(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
 class Sparsifier:
     def __init__(self, network: Network, mode: str, density: float, distribution: str,
                  gen: torch.Generator) -> None:
-        self.network, self.mode = network, mode
+        self.network, self.mode, self.distribution = network, mode, distribution
         self.layers = weighted_layers(network)
-        shapes = [network.layers[i].weight_shape() for i in self.layers]
-        sizes = [math.prod(s) for s in shapes]
-        if mode == "structured":
-            self.groups = {g.layer: g for g in channel_groups(network)}
-            kept = allocate_channels(network, list(self.groups.values()), density)
-            self.unit_masks = {layer: _random_mask(g.channels, kept[layer], gen)
-                               for layer, g in self.groups.items()}
-        else:
-            self.groups = {}
-            sizes = [math.prod(s) for s in shapes]
-            kept = allocate(sizes, [1] * len(sizes), density, distribution, shapes)
-            self.unit_masks = {layer: _random_mask(size, k, gen)
-                               for layer, size, k in zip(self.layers, sizes, kept)}
+        self.groups = ({g.layer: g for g in channel_groups(network)}
+                       if mode == "structured" else {})
+        kept = self.budget(density)
+        self.unit_masks = {layer: _random_mask(self._units(layer), kept[layer], gen)
+                           for layer in (self.groups or self.layers)}
         self.target_density = density
+
+    def _units(self, layer: int) -> int:
+        if self.mode == "structured":
+            return self.groups[layer].channels
+        return math.prod(self.network.layers[layer].weight_shape())
+
+    def budget(self, density: float) -> dict[int, int]:
+        """Units kept per masked layer at ``density`` (channels when structured)."""
+        if self.mode == "structured":
+            return allocate_channels(self.network, list(self.groups.values()), density)
+        shapes = [self.network.layers[i].weight_shape() for i in self.layers]
+        sizes = [math.prod(s) for s in shapes]
+        kept = allocate(sizes, [1] * len(sizes), density, self.distribution, shapes)
+        return dict(zip(self.layers, kept))
 
     # -- views ------------------------------------------------------------
     def param_masks(self) -> dict[str, torch.Tensor]:
@@ -113,12 +129,29 @@ class Sparsifier:
         """Zero masked parameters in place, and their Adam moments."""
         params = dict(module.named_parameters())
         for name, mask in self.param_masks().items():
-            p = params[name]
-            p.mul_(mask)
-            if optimizer is not None:
-                for value in optimizer.state.get(p, {}).values():
-                    if torch.is_tensor(value) and value.shape == p.shape:
-                        value.mul_(mask)
+            _mask_param(params[name], mask, optimizer)
+
+    @torch.no_grad()
+    def zero_pruned_outputs(self, module: torch.nn.Module,
+                            optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Soft pruning: zero what a pruned unit passes on, keep what it receives.
+
+        Unstructured: the pruned weights. Structured: a pruned channel's
+        columns in its consumer layer; its own weights stay, so it still gets
+        a gradient once its outgoing weights move again.
+        """
+        params = dict(module.named_parameters())
+        if self.mode == "unstructured":
+            masks = {f"{layer}.weight": m.view(self.network.layers[layer].weight_shape())
+                     for layer, m in self.unit_masks.items()}
+        else:
+            masks = {}
+            for layer, g in self.groups.items():
+                cols = self.unit_masks[layer].repeat_interleave(g.per_channel)
+                shape = params[f"{g.consumer}.weight"].shape
+                masks[f"{g.consumer}.weight"] = cols.view(1, -1, *(1,) * (len(shape) - 2))
+        for name, mask in masks.items():
+            _mask_param(params[name], mask.float(), optimizer)
 
     def load_param_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Restore unit masks from saved parameter masks (resume)."""
@@ -146,7 +179,7 @@ class Sparsifier:
                 continue
             w = params[f"{layer}.weight"]
             magnitude = (w.reshape(w.shape[0], -1).norm(dim=1) if self.mode == "structured"
-                         else w.abs().reshape(-1))
+                         else w.abs().reshape(-1)).cpu()       # the masks live on the CPU
             active = mask.nonzero().flatten()
             inactive = (~mask).nonzero().flatten()
             k = min(int(fraction * len(active)), len(inactive))
@@ -163,6 +196,29 @@ class Sparsifier:
             self._reset_grown(params, layer, grow)
             moved += k
         return moved
+
+    @torch.no_grad()
+    def prune_to(self, counts: dict[int, int], importance: dict[int, torch.Tensor], *,
+                 revive: bool = False) -> int:
+        """Keep the ``counts[layer]`` most important units of each layer.
+
+        Without ``revive`` only active units compete (a budget that only
+        shrinks); with it every unit does, so a pruned unit whose importance
+        has grown back returns (soft pruning). Returns the units whose state
+        changed. Ties go to the lower index (deterministic).
+        """
+        changed = 0
+        for layer, mask in self.unit_masks.items():
+            k = counts[layer]
+            score = importance[layer].detach().to("cpu", torch.float64).clone()
+            if not revive:
+                score[~mask] = -math.inf
+            order = torch.sort(-score, stable=True).indices
+            new = torch.zeros_like(mask)
+            new[order[:k]] = True
+            changed += int((new != mask).sum())
+            self.unit_masks[layer] = new
+        return changed
 
     def _reset_grown(self, params, layer: int, grow: torch.Tensor) -> None:
         """Regrown units start so that the network's function is unchanged.

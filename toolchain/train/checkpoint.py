@@ -38,6 +38,9 @@ class Checkpoint:
     config: dict
     step: int = -1             # optimizer steps taken (-1: not recorded, older checkpoint)
     rng: dict = field(default_factory=dict)   # capture_rng(); {} when not recorded
+    # the training method's own state (Method.state()): tensors and JSON-able values
+    method_tensors: dict = field(default_factory=dict)
+    method_meta: dict = field(default_factory=dict)
 
 
 def capture_rng() -> dict:
@@ -78,6 +81,9 @@ def save_checkpoint(out_dir: Path, ck: Checkpoint) -> None:
     meta = {"epoch": str(ck.epoch), "step": str(ck.step),
             "record": json.dumps(ck.record, default=str),
             "config": json.dumps(ck.config), "optimizer": json.dumps(opt_meta)}
+    tensors.update({f"method.{k}": v.detach().cpu().contiguous()
+                    for k, v in ck.method_tensors.items()})
+    meta["method"] = json.dumps(ck.method_meta)
     if ck.rng:
         tensors["rng.torch"] = ck.rng["torch"].contiguous()
         meta["rng"] = json.dumps({k: v for k, v in ck.rng.items() if k != "torch"})
@@ -110,6 +116,8 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
             state={k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
             masks={k[5:]: v for k, v in tensors.items() if k.startswith("mask.")},
             optimizer=optimizer, record=json.loads(meta["record"]),
-            config=json.loads(meta["config"]), step=int(meta.get("step", -1)), rng=rng)
+            config=json.loads(meta["config"]), step=int(meta.get("step", -1)), rng=rng,
+            method_tensors={k[7:]: v for k, v in tensors.items() if k.startswith("method.")},
+            method_meta=json.loads(meta.get("method", "{}")))
     except (SafetensorError, KeyError, ValueError, OSError) as exc:
         raise VstError(f"{path}: damaged checkpoint ({str(exc).splitlines()[0]})") from None

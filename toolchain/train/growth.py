@@ -24,7 +24,7 @@ def grow_scores(run, xb, yb, eps: float, gen: torch.Generator) -> dict[int, torc
     sp = run.sparsifier
     params = dict(run.module.named_parameters())
     if sp.mode == "unstructured":
-        return {layer: params[f"{layer}.weight"].grad.abs().reshape(-1).clone()
+        return {layer: params[f"{layer}.weight"].grad.abs().reshape(-1).cpu()
                 for layer in sp.unit_masks}
     _fill_inactive(params, sp, gen)
     run.module.zero_grad(set_to_none=True)
@@ -36,7 +36,7 @@ def grow_scores(run, xb, yb, eps: float, gen: torch.Generator) -> dict[int, torc
     for layer, group in sp.groups.items():
         grad = params[f"{group.consumer}.weight"].grad
         per_channel = grad.reshape(grad.shape[0], group.channels, -1)
-        scores[layer] = per_channel.pow(2).sum(dim=(0, 2)).sqrt()
+        scores[layer] = per_channel.pow(2).sum(dim=(0, 2)).sqrt().cpu()
     return scores
 
 
@@ -50,7 +50,7 @@ def _fill_inactive(params, sp, gen: torch.Generator) -> None:
         w = params[f"{layer}.weight"]
         fan_in = w[0].numel()
         fresh = torch.randn((len(off),) + tuple(w.shape[1:]), generator=gen)
-        w[off] = fresh * ibp_std(fan_in)
+        w[off] = (fresh * ibp_std(fan_in)).to(w.device)
         params[f"{layer}.bias"][off] = 0.0
         if group.batchnorm is not None:
             params[f"{group.batchnorm}.weight"][off] = 1.0

@@ -1,9 +1,11 @@
-"""Certified (sparse) training: the VeriSparse loop and the dense baseline.
+"""The epoch loop every training method shares (the methods: ``train/methods/``).
 
-``train(cfg, out_dir)`` is the stage's entry: it reads the data set, builds the
-network from the layer list, trains it under the certified loss (sparse from a
-random sparse mask with dynamic sparse training, or dense), checkpoints every
-epoch, and writes ``model.vst`` plus ``training.png`` into ``out_dir``.
+``make_run`` builds what a run works on (network from the layer list, the
+method's masks, optimizer, schedule, bounder); ``run_epochs`` steps through
+epochs under the certified loss, asking the method (``Method`` hooks) what to
+do with the masks at each step, with per-epoch validation and a checkpoint
+after every epoch. The stage's entry, ``train(cfg, out_dir)``, is in
+``trainer.py``.
 
 Resume is exact: a run killed at any point and resumed with ``resume=True``
 ends with the same weights, bit for bit, as the run never interrupted. Two
@@ -33,15 +35,14 @@ import torch
 
 from toolchain.config import Config
 from toolchain.errors import VstError
-from toolchain.models.modelfile import VstModel, save_model
+from toolchain.models.modelfile import VstModel
 from toolchain.models.torch_build import build_torch
 from toolchain.models.zoo import build_network
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss, evaluate, ibp_init
-from toolchain.train.checkpoint import (Checkpoint, capture_rng, load_checkpoint,
-                                        restore_rng, save_checkpoint)
-from toolchain.train.distributed import World, resolve_device
-from toolchain.train.growth import grow_scores
+from toolchain.train.checkpoint import Checkpoint, capture_rng, save_checkpoint
+from toolchain.train.distributed import World
+from toolchain.train.methods import Method, get_method
 from toolchain.train.schedule import Schedule
 
 log = logging.getLogger("vst.train")
@@ -66,6 +67,7 @@ class Run:
     record: dict = field(default_factory=dict)
     device: torch.device = torch.device("cpu")
     world: World = field(default_factory=World)
+    method: Method = field(default_factory=Method)
 
 
 def load_data(cfg: Config):
@@ -86,7 +88,7 @@ def split_validation(data, val_size: int, seed: int):
     return x[rest], y[rest], x[val], y[val]
 
 
-def make_run(cfg: Config, data, *, method: str | None = None,
+def make_run(cfg: Config, data, *, method: Method | None = None,
              device: torch.device = torch.device("cpu"), world: World | None = None) -> Run:
     """Everything a run needs, deterministic in ``cfg.train.seed``."""
     from toolchain.lirpa.bounds import Bounder
@@ -97,15 +99,13 @@ def make_run(cfg: Config, data, *, method: str | None = None,
                             channels=cfg.model.channels or None,
                             widths=cfg.model.widths or None, batchnorm=cfg.model.batchnorm)
     module = build_torch(network)
-    method = method or s.method
-    sparsifier = None
-    if method == "verisparse" and s.density < 1.0:
-        gen = torch.Generator().manual_seed(t.seed + 1)
-        sparsifier = Sparsifier(network, s.mode, s.density, s.distribution, gen)
+    method = method or get_method(s.method)
+    sparsifier: Sparsifier | None = method.make_sparsifier(
+        cfg, network, torch.Generator().manual_seed(t.seed + 1))
     if t.ibp_init:
         ibp_init(module, sparsifier.live_inputs() if sparsifier else None)
     if sparsifier is not None:
-        sparsifier.apply(module)
+        method.enforce_initial(sparsifier, module)
     x, y, x_val, y_val = split_validation(data, t.val_size, t.seed)
     steps_per_epoch = -(-len(x) // t.batch_size)
     schedule = Schedule(
@@ -117,7 +117,7 @@ def make_run(cfg: Config, data, *, method: str | None = None,
     optimizer = torch.optim.Adam(module.parameters(), lr=t.lr)
     bounder = Bounder(module, data.input_shape)
     return Run(cfg, network, module, bounder, sparsifier, optimizer, schedule, x, y, x_val,
-               y_val, device=device, world=world or World())
+               y_val, device=device, world=world or World(), method=method)
 
 
 def _same_every_call():
@@ -154,39 +154,21 @@ def train_epoch(run: Run, epoch: int) -> dict:
                                       t.crown_ibp)
         with run.world.summed_gradients(run.module, share):
             loss.backward()
+        run.method.after_backward(run, step)
         loss_sum += float(loss.detach()) * len(mine)
         correct += int((logits.argmax(1) == yb).sum())
-        if _mask_update_due(run, step):
-            with run.world.summed_gradients(run.module, share):   # structured scores
-                moved += _update_masks(run, xb, yb, eps, step)
-            continue                       # RigL: an update step replaces the weight step
+        changed, skip = run.method.mask_step(run, step, xb, yb, eps, share)
+        moved += changed
+        if skip:
+            continue
         torch.nn.utils.clip_grad_norm_(run.module.parameters(), t.grad_clip)
         run.optimizer.step()
-        if run.sparsifier is not None:
-            run.sparsifier.apply(run.module, run.optimizer)
+        run.method.after_step(run, step)
     run.world.average_buffers(run.module)
     loss_sum, correct = run.world.sum([loss_sum, correct], run.device)
     n = len(run.x)
     return {"loss": loss_sum / n, "train_acc": correct / n, "eps": run.schedule.eps(step),
             "lr": run.schedule.learning_rate(step), "units_moved": int(moved)}
-
-
-def _mask_update_due(run: Run, step: int) -> bool:
-    every = run.cfg.sparsity.update_every
-    return (run.sparsifier is not None and step > 0 and step % every == 0
-            and run.schedule.drop(step) > 0)
-
-
-def _update_masks(run: Run, xb, yb, eps: float, step: int) -> int:
-    s, seed = run.cfg.sparsity, run.cfg.train.seed
-    gen = torch.Generator().manual_seed(seed * 7919 + step)
-    scores = None
-    if s.regrow == "rigl" or run.sparsifier.mode == "structured":
-        scores = grow_scores(run, xb, yb, eps, gen)
-    moved = run.sparsifier.update(run.module, run.schedule.drop(step), s.regrow, gen, scores)
-    run.sparsifier.apply(run.module, run.optimizer)
-    run.optimizer.zero_grad(set_to_none=True)
-    return moved
 
 
 @_same_every_call()
@@ -209,94 +191,11 @@ def to_model(run: Run, data, seconds: float) -> VstModel:
               "train_seconds": seconds, "layer_density": layer_density,
               "density": run.sparsifier.density() if run.sparsifier is not None else 1.0,
               "mode": run.cfg.sparsity.mode if run.sparsifier is not None else "dense",
-              "device": run.device.type, "ranks": run.world.size}
+              "device": run.device.type, "ranks": run.world.size,
+              "method": run.method.name, "threads": torch.get_num_threads(),
+              **run.method.record()}
     state = {k: v.detach().to("cpu", copy=True) for k, v in run.module.state_dict().items()}
     return VstModel(run.network, state, masks, record)
-
-
-def train(cfg: Config, out_dir: Path, *, resume: bool = False, show_progress: bool = True,
-          stop_after: int | None = None) -> VstModel:
-    """Train per ``cfg``; write ``out_dir/model.vst``. ``stop_after`` ends early (tests).
-
-    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this; rank 0 writes.
-    """
-    world = World.from_env()
-    device = _training_device(cfg, world)
-    if cfg.sparsity.method == "hydra":
-        if world.size > 1:
-            raise VstError("the hydra baseline trains in one process; run it without torchrun")
-        from toolchain.train.hydra import train_hydra
-        return train_hydra(cfg, out_dir, show_progress=show_progress)
-    out_dir = Path(out_dir)
-    data = load_data(cfg)
-    world.join(device)
-    try:
-        run = make_run(cfg, data, device=device, world=world)
-        _check_batches(run)
-        start, elapsed = _maybe_resume(run, out_dir, resume)
-        last = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, stop_after)
-        run_epochs(run, out_dir, start, last, elapsed, show_progress and world.main)
-        model = to_model(run, data, run.record["seconds_total"])
-        if world.main:
-            save_model(out_dir / MODEL_FILE, model)
-            if last == cfg.train.epochs:
-                from toolchain.train.plots import plot_training
-                plot_training(model.record, out_dir / "training.png")
-        world.barrier()                    # no rank returns before model.vst exists
-    finally:
-        world.leave()
-    return model
-
-
-def _training_device(cfg: Config, world: World) -> torch.device:
-    """``cfg.train.device`` resolved. The sparse mask bookkeeping and the hydra
-    baseline run on the CPU only (``sparsity/masks.py``): "auto" then stays on
-    the CPU, an explicit "cuda" is refused."""
-    device = resolve_device(cfg.train.device, world.local_rank)
-    cpu_only = cfg.sparsity.method == "hydra" or (cfg.sparsity.method == "verisparse"
-                                                  and cfg.sparsity.density < 1.0)
-    if device.type == "cuda" and cpu_only:
-        if cfg.train.device == "cuda":
-            raise VstError(f"--device cuda: {cfg.sparsity.method} sparse training keeps its "
-                           "masks on the CPU and cannot run on CUDA yet; use --device cpu")
-        log.warning("train: sparse training runs on the CPU (its masks are CPU-only)")
-        device = torch.device("cpu")
-    return device
-
-
-def _check_batches(run: Run) -> None:
-    """Every rank needs at least one sample of every global batch, the last included."""
-    size, b = run.world.size, run.cfg.train.batch_size
-    smallest = min(b, len(run.x) - (steps_per_epoch(run) - 1) * b)
-    if smallest < size:
-        raise VstError(f"{size} ranks need global batches of at least {size} images; "
-                       f"train.batch_size {b} leaves a last batch of {smallest}")
-
-
-def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
-    run.record = {"epochs": [], "seconds_total": 0.0}
-    if not resume:
-        return 0, 0.0
-    ck = load_checkpoint(out_dir)
-    if _without_device(ck.config) != _without_device(run.cfg.to_dict()):
-        raise VstError(f"{out_dir}: checkpoint was made with a different config; "
-                       "resume with the same config or start a new --out")
-    if ck.step not in (-1, ck.epoch * steps_per_epoch(run)):
-        raise VstError(f"{out_dir}: checkpoint at epoch {ck.epoch} has {ck.step} steps, "
-                       f"expected {ck.epoch * steps_per_epoch(run)}; start a new --out")
-    run.module.load_state_dict(ck.state)          # copied onto the module's device
-    run.optimizer.load_state_dict(ck.optimizer)   # moved to the parameters' device
-    if run.sparsifier is not None:
-        run.sparsifier.load_param_masks(ck.masks)
-    restore_rng(ck.rng)
-    run.record = ck.record
-    return ck.epoch, float(ck.record.get("seconds_total", 0.0))
-
-
-def _without_device(config: dict) -> dict:
-    """A checkpoint may be resumed on another device (or written before devices)."""
-    return {name: {k: v for k, v in section.items() if k != "device"}
-            if isinstance(section, dict) else section for name, section in config.items()}
 
 
 def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
@@ -319,7 +218,8 @@ def run_epochs(run: Run, out_dir: Path, start: int, last: int, elapsed: float,
                     epoch + 1, run.module.state_dict(),
                     run.sparsifier.param_masks() if run.sparsifier else {},
                     run.optimizer.state_dict(), run.record, run.cfg.to_dict(),
-                    step=(epoch + 1) * steps_per_epoch(run), rng=capture_rng()))
+                    step=(epoch + 1) * steps_per_epoch(run), rng=capture_rng(),
+                    **dict(zip(("method_tensors", "method_meta"), run.method.state()))))
             bar.update(task, advance=1, info=(
                 f"eps {row['eps']:.3f} loss {row['loss']:.2f} clean {row['val_clean_acc']:.0%} "
                 f"IBP-ver {row['val_ibp_verified_acc']:.0%} d {row['density']:.2f}"))

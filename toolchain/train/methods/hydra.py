@@ -20,34 +20,36 @@ from pathlib import Path
 
 import torch
 
-from toolchain.models.modelfile import save_model
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss
-from toolchain.train.loop import (MODEL_FILE, epoch_metrics, load_data, make_run, run_epochs,
-                                  to_model)
+from toolchain.train.loop import epoch_metrics, run_epochs
+from toolchain.train.methods.base import Method
 
 
-def train_hydra(cfg, out_dir: Path, *, show_progress: bool = True):
-    out_dir = Path(out_dir)
-    data = load_data(cfg)
-    run = make_run(cfg, data, method="dense")
-    run.record = {"epochs": [], "seconds_total": 0.0}
-    run_epochs(run, out_dir, 0, cfg.train.epochs, 0.0, show_progress)       # phase 1
-    t0 = time.perf_counter()
-    s = cfg.sparsity
-    run.sparsifier = Sparsifier(run.network, s.mode, s.density, s.distribution,
-                                torch.Generator().manual_seed(cfg.train.seed + 1))
-    _train_scores(run, s.hydra_score_epochs)                                 # phase 2
-    run.record["epochs"].append(epoch_metrics(
-        run, cfg.train.epochs, {"loss": float("nan"), "train_acc": float("nan"),
-                                "eps": cfg.train.eps, "lr": 0.0, "units_moved": 0},
-        time.perf_counter() - t0))
-    run.record["seconds_total"] += time.perf_counter() - t0
-    _finetune(run, out_dir, s.hydra_finetune_epochs, show_progress)          # phase 3
-    model = to_model(run, data, run.record["seconds_total"])
-    model.record["method"] = "hydra"
-    save_model(out_dir / MODEL_FILE, model)
-    return model
+class Hydra(Method):
+    name = "hydra"
+    resumable = False         # three phases; the checkpoint knows only the loop's epochs
+    multi_rank = False
+
+    def fit(self, run, out_dir, start, last, elapsed, show_progress):
+        cfg = run.cfg
+        run_epochs(run, out_dir, 0, last, 0.0, show_progress)                 # phase 1
+        if last < cfg.train.epochs:
+            return                                  # stopped early (tests): still dense
+        t0 = time.perf_counter()
+        s = cfg.sparsity
+        run.sparsifier = Sparsifier(run.network, s.mode, s.density, s.distribution,
+                                    torch.Generator().manual_seed(cfg.train.seed + 1))
+        _train_scores(run, s.hydra_score_epochs)                              # phase 2
+        run.record["epochs"].append(epoch_metrics(
+            run, cfg.train.epochs, {"loss": float("nan"), "train_acc": float("nan"),
+                                    "eps": cfg.train.eps, "lr": 0.0, "units_moved": 0},
+            time.perf_counter() - t0))
+        run.record["seconds_total"] += time.perf_counter() - t0
+        _finetune(run, out_dir, s.hydra_finetune_epochs, show_progress)       # phase 3
+
+
+METHOD = Hydra
 
 
 def _batches(run, epoch):
@@ -64,7 +66,7 @@ def _topk_masks(run, scores) -> None:
     for layer, mask in sp.unit_masks.items():
         k = int(mask.sum())
         mask.zero_()
-        mask[scores[layer].topk(k).indices] = True
+        mask[scores[layer].topk(k).indices.cpu()] = True
 
 
 def _train_scores(run, epochs: int) -> None:
@@ -82,6 +84,7 @@ def _train_scores(run, epochs: int) -> None:
     run.module.train()
     for epoch in range(epochs):
         for xb, yb in _batches(run, epoch):
+            xb, yb = xb.to(run.device), yb.to(run.device)
             _topk_masks(run, {k: v.detach() for k, v in scores.items()})
             with torch.no_grad():
                 for k, v in params.items():
@@ -114,6 +117,7 @@ def _finetune(run, out_dir: Path, epochs: int, show_progress: bool) -> None:
             group["lr"] = lr
         total = correct = 0.0
         for xb, yb in _batches(run, 10_000 + epoch):
+            xb, yb = xb.to(run.device), yb.to(run.device)
             run.optimizer.zero_grad(set_to_none=True)
             loss, logits = certified_loss(run.module, run.bounder, xb, yb, t.eps, 0.0,
                                           t.kappa, False)
