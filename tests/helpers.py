@@ -108,6 +108,16 @@ def resum(c):
     return c
 
 
+def set_at(keys, value):
+    """An edit that sets the value at a key path of a certificate (forgery tests)."""
+    def edit(c):
+        obj = c
+        for k in keys[:-1]:
+            obj = obj[k]
+        obj[keys[-1]] = value
+    return edit
+
+
 def train_certified_tiny(root):
     """A tiny model certified-trained long enough that verification gives every
     verdict (verified, falsified by attack, misclassified): (data path, model).

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from helpers import assert_one_line, resum, train_certified_tiny
+from helpers import set_at
 from toolchain.cli import cli
 from toolchain.data import load_dataset
 from toolchain.verify import verify_model
@@ -145,15 +146,6 @@ def bump(key, delta):
     return edit
 
 
-def set_key(path, value):
-    def edit(c):
-        obj = c
-        for k in path[:-1]:
-            obj = obj[k]
-        obj[path[-1]] = value
-    return edit
-
-
 def delete_key(path):
     def edit(c):
         obj = c
@@ -196,7 +188,7 @@ FORGED = {   # exit 1
     "verified_acc edited": (bump("verified_acc", 0.01), "claims verified_acc"),
     "robust_acc_upper edited": (bump("robust_acc_upper", 0.01), "claims robust_acc_upper"),
     "n edited": (bump("n", 1), "claims n="),
-    "results emptied": (set_key(["results"], []), "results is empty"),
+    "results emptied": (set_at(["results"], []), "results is empty"),
     "samples emptied": (empty_samples, "no samples"),
     "one margin raised": (raise_one_margin, "is higher than the re-computed crown bound"),
     "own margin not positive": (negative_own_margin, "its own margins are not all > 0"),
@@ -210,19 +202,19 @@ FORGED = {   # exit 1
     "a verified sample duplicated": (duplicate_verified_sample, "appears twice"),
     "label edited": (wrong_label, "label"),
     "eps raised": (bigger_eps, "eps=0.2"),
-    "params edited": (set_key(["model", "params"], 7), "parameters"),
+    "params edited": (set_at(["model", "params"], 7), "parameters"),
 }
 
 MALFORMED = {  # exit 2
-    "version a string": (set_key(["version"], "1"), "'version'"),
-    "version newer": (set_key(["version"], 99), "newer"),
+    "version a string": (set_at(["version"], "1"), "'version'"),
+    "version newer": (set_at(["version"], 99), "newer"),
     "model missing": (delete_key(["model"]), "'model' is missing"),
-    "model null": (set_key(["model"], None), "'model'"),
-    "weights hash not hex": (set_key(["model", "weights_sha256"], 5), "'model.weights_sha256'"),
+    "model null": (set_at(["model"], None), "'model'"),
+    "weights hash not hex": (set_at(["model", "weights_sha256"], 5), "'model.weights_sha256'"),
     "results missing": (delete_key(["results"]), "'results' is missing"),
-    "results null": (set_key(["results"], None), "'results'"),
-    "results a dict": (set_key(["results"], {"eps": 0.05}), "'results'"),
-    "result not an object": (set_key(["results"], [3]), "'results[0]'"),
+    "results null": (set_at(["results"], None), "'results'"),
+    "results a dict": (set_at(["results"], {"eps": 0.05}), "'results'"),
+    "result not an object": (set_at(["results"], [3]), "'results[0]'"),
     "sample index 99999": (on_sample("index", 99999), "index"),
     "sample index a string": (on_sample("index", "0"), "index"),
     "sample index negative": (on_sample("index", -1), "index"),
@@ -233,17 +225,17 @@ MALFORMED = {  # exit 2
     "verdict unknown word": (on_sample("verdict", "proven"), "verdict"),
     "method unknown word": (on_sample("method", "magic"), "method"),
     "label too large": (on_sample("label", 10), "label"),
-    "eps a string": (set_key(["results", 0, "eps"], "0.05"), "eps"),
-    "eps negative": (set_key(["results", 0, "eps"], -0.1), "eps"),
-    "eps infinite": (set_key(["results", 0, "eps"], float("inf")), "eps"),
-    "cascade unknown": (set_key(["results", 0, "method"], "magic"), "method"),
-    "counts not an object": (set_key(["results", 0, "counts"], 5), "counts"),
+    "eps a string": (set_at(["results", 0, "eps"], "0.05"), "eps"),
+    "eps negative": (set_at(["results", 0, "eps"], -0.1), "eps"),
+    "eps infinite": (set_at(["results", 0, "eps"], float("inf")), "eps"),
+    "cascade unknown": (set_at(["results", 0, "method"], "magic"), "method"),
+    "counts not an object": (set_at(["results", 0, "counts"], 5), "counts"),
     "counts key missing": (delete_key(["results", 0, "counts", "unknown"]), "counts.unknown"),
-    "verified_acc above 1": (set_key(["results", 0, "verified_acc"], 1.5), "verified_acc"),
-    "norm not Linf": (set_key(["norm"], "L2"), "norm"),
-    "train split": (set_key(["dataset", "split"], "train"), "split"),
+    "verified_acc above 1": (set_at(["results", 0, "verified_acc"], 1.5), "verified_acc"),
+    "norm not Linf": (set_at(["norm"], "L2"), "norm"),
+    "train split": (set_at(["dataset", "split"], "train"), "split"),
     "counterexample garbage": (bad_counterexample_bytes, "counterexample"),
-    "sample not an object": (set_key(["results", 0, "samples"], [1]), "samples[0]"),
+    "sample not an object": (set_at(["results", 0, "samples"], [1]), "samples[0]"),
 }
 
 

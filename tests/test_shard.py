@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import assert_one_line, resum, train_certified_tiny
+from helpers import set_at
 from toolchain.cli import cli
 from toolchain.verify.shard import TIMING, parse_shard, shard_indices
 
@@ -178,15 +179,6 @@ def edit(path, tmp_path, fn, name=None):
     return write(tmp_path / (name or f"edited_{path.name}"), cert)
 
 
-def set_path(keys, value):
-    def fn(c):
-        obj = c
-        for k in keys[:-1]:
-            obj = obj[k]
-        obj[keys[-1]] = value
-    return fn
-
-
 def move_sample(src_shard, r=0):
     """Give shard 1 a sample of another shard (overlap), or take one away (gap)."""
     def fn(c):
@@ -199,14 +191,14 @@ def drop_sample(c):
 
 
 MISMATCH = {
-    "other weights": (set_path(["model", "weights_sha256"], "0" * 64), "other weights"),
-    "other data": (set_path(["dataset", "sha256"], "1" * 64), "other data"),
-    "other eps": (set_path(["results", 1, "eps"], 0.07), "other eps list"),
-    "other method": (set_path(["results", 0, "method"], "ibp"), "other method"),
-    "other versions": (set_path(["versions", "vst"], "0.0.0"), "other versions"),
-    "other shard count": (set_path(["shard", "count"], SHARDS + 1), f"one of {SHARDS} shards"),
-    "other total": (set_path(["shard", "total"], N - 1), "slices"),
-    "shard given twice": (set_path(["shard", "index"], 0), "given twice"),
+    "other weights": (set_at(["model", "weights_sha256"], "0" * 64), "other weights"),
+    "other data": (set_at(["dataset", "sha256"], "1" * 64), "other data"),
+    "other eps": (set_at(["results", 1, "eps"], 0.07), "other eps list"),
+    "other method": (set_at(["results", 0, "method"], "ibp"), "other method"),
+    "other versions": (set_at(["versions", "vst"], "0.0.0"), "other versions"),
+    "other shard count": (set_at(["shard", "count"], SHARDS + 1), f"one of {SHARDS} shards"),
+    "other total": (set_at(["shard", "total"], N - 1), "slices"),
+    "shard given twice": (set_at(["shard", "index"], 0), "given twice"),
     "missing sample": (drop_sample, "missing"),
 }
 
@@ -271,6 +263,6 @@ def test_a_forged_merged_certificate_fails_the_check(run, tmp_path):
     forged_shard = edit(shards[2], tmp_path, forge_verified, "forged_shard.json")
     code, _, err = vst("verify", model, "--certificate", forged_shard)
     assert_one_line(code, err, 1, "claim does not re-check")
-    bad = edit(shards[0], tmp_path, set_path(["shard", "index"], SHARDS), "bad_shard.json")
+    bad = edit(shards[0], tmp_path, set_at(["shard", "index"], SHARDS), "bad_shard.json")
     code, _, err = vst("verify", model, "--certificate", bad)
     assert_one_line(code, err, 2, "shard.index")
