@@ -106,7 +106,7 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
            show_progress: bool) -> dict:
     from toolchain.models.modelfile import load_model
     from toolchain.targets import load_target
-    from toolchain.train.loop import load_data
+    from toolchain.data import load_data
 
     t0 = time.perf_counter()
     out = Path(out)

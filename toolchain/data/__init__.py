@@ -10,6 +10,6 @@ Every dataset is float32 in [0, 1], channels first, labels int64; see
 
 from toolchain.data.builtin import BUILTIN, list_builtin
 from toolchain.data.dataset import Dataset
-from toolchain.data.load import load_dataset
+from toolchain.data.load import load_data, load_dataset
 
-__all__ = ["BUILTIN", "Dataset", "list_builtin", "load_dataset"]
+__all__ = ["BUILTIN", "Dataset", "list_builtin", "load_data", "load_dataset"]

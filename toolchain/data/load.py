@@ -1,4 +1,5 @@
-"""``load_dataset``: one entry point for built-ins and user files.
+"""``load_dataset``: one entry point for built-ins and user files
+(``load_data(cfg)``: the one a config names, as training and the build read it).
 
 Dispatch on the spec:
 
@@ -56,6 +57,12 @@ def load_dataset(
     name, raw = _read(str(spec))
     return assemble(name, raw, num_classes=num_classes, input_shape=input_shape,
                     test_fraction=test_fraction, seed=seed)
+
+
+def load_data(cfg) -> Dataset:
+    """The data set a ``config.Config`` names, split as it says (seeded by ``train.seed``)."""
+    return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
+                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
 
 
 def _read(spec: str) -> tuple[str, Raw]:

@@ -70,14 +70,6 @@ class Run:
     method: Method = field(default_factory=Method)
 
 
-def load_data(cfg: Config):
-    """The data set a config names, split as the config says (seeded by train.seed)."""
-    from toolchain.data import load_dataset
-
-    return load_dataset(cfg.data.dataset, test_fraction=cfg.data.test_fraction,
-                        seed=cfg.train.seed, num_classes=cfg.data.num_classes or None)
-
-
 def split_validation(data, val_size: int, seed: int):
     """Hold ``val_size`` training images out (seeded) for per-epoch metrics."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)

@@ -31,10 +31,11 @@ import torch
 
 from toolchain.config import Config
 from toolchain.errors import VstError
+from toolchain.data import load_data
 from toolchain.models.modelfile import VstModel, save_model
 from toolchain.train.checkpoint import load_checkpoint, restore_rng
 from toolchain.train.distributed import World, resolve_device
-from toolchain.train.loop import MODEL_FILE, Run, load_data, make_run, steps_per_epoch, to_model
+from toolchain.train.loop import MODEL_FILE, Run, make_run, steps_per_epoch, to_model
 from toolchain.train.methods import get_method
 
 log = logging.getLogger("vst.train")
