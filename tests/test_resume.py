@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import toolchain.train.loop as loop
+import toolchain.train.epochs as epochs
 import toolchain.train.trainer as trainer
 from helpers import tiny_config, tiny_mnist
 from toolchain.train.checkpoint import load_checkpoint
@@ -49,14 +49,14 @@ def uninterrupted(cfg, tmp_path_factory):
 def kill_at_step(monkeypatch, n: int) -> None:
     """Die as training step ``n`` (0-based, counted in this process) begins."""
     calls = {"n": 0}
-    real = loop.certified_loss
+    real = epochs.certified_loss
 
     def loss(*args, **kwargs):
         if calls["n"] == n:
             raise Killed
         calls["n"] += 1
         return real(*args, **kwargs)
-    monkeypatch.setattr(loop, "certified_loss", loss)
+    monkeypatch.setattr(epochs, "certified_loss", loss)
 
 
 def die(*args, **kwargs):
@@ -116,17 +116,17 @@ CHILD = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)                  # as the uninterrupted run
-    import toolchain.train.loop as loop
+    import toolchain.train.epochs as epochs
     import toolchain.train.trainer as trainer
     from helpers import tiny_config
     calls = {{"n": 0}}
-    real = loop.certified_loss
+    real = epochs.certified_loss
     def loss(*args, **kwargs):
         if calls["n"] == {kill_step}:
             os.kill(os.getpid(), signal.SIGKILL)
         calls["n"] += 1
         return real(*args, **kwargs)
-    loop.certified_loss = loss
+    epochs.certified_loss = loss
     trainer.train(tiny_config({data!r}, train={train!r}, sparsity={sparsity!r}), {out!r},
                show_progress=False)
 """)

@@ -6,7 +6,9 @@ import torch
 from helpers import tiny_config, tiny_mnist
 from toolchain.data import load_dataset
 from toolchain.models.modelfile import load_model
-from toolchain.train.loop import make_run, train_epoch
+from toolchain.train.epochs import train_epoch
+from toolchain.train.loop import make_run
+from toolchain.train.methods import get_method
 from toolchain.train.trainer import train
 
 
@@ -18,7 +20,7 @@ def data_path(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
 def test_masked_weights_and_adam_moments_stay_zero(data_path, mode):
     cfg = tiny_config(data_path, sparsity={"mode": mode, "method": "verisparse"})   # DST
-    run = make_run(cfg, load_dataset(str(data_path)))
+    run = make_run(cfg, load_dataset(str(data_path)), method=get_method("verisparse"))
     budget = run.sparsifier.kept_weights()
     for epoch in range(2):                     # crosses warm-up, ramp and mask updates
         stats = train_epoch(run, epoch)
@@ -75,7 +77,7 @@ def test_hydra_baseline_reaches_the_same_budget(data_path, tmp_path, mode):
                       train={"epochs": 2})
     model = train(cfg, tmp_path, show_progress=False)
     ref = make_run(tiny_config(data_path, sparsity={"mode": mode, "method": "verisparse"}),
-                   load_dataset(str(data_path)))                 # the target budget
+                   load_dataset(str(data_path)), method=get_method("verisparse"))  # the budget
     assert model.record["method"] == "hydra"
     assert model.record["density"] == pytest.approx(ref.sparsifier.density())
     for name, mask in model.masks.items():

@@ -7,7 +7,7 @@ writes ``model.vst`` plus ``training.png`` into ``out_dir``.
 
 Resume is exact: a run killed at any point and resumed with ``resume=True``
 ends with the same weights, bit for bit, as the run never interrupted (see
-``loop.py`` and ``checkpoint.py``).
+``epochs.py`` and ``checkpoint.py``).
 
 Threads: the certified step is small-batch work, so torch's intra-op threads
 barely help past a few cores and hurt badly when other processes share the
@@ -35,7 +35,8 @@ from toolchain.data import load_data
 from toolchain.models.modelfile import VstModel, save_model
 from toolchain.train.checkpoint import load_checkpoint, restore_rng
 from toolchain.train.distributed import World, resolve_device
-from toolchain.train.loop import MODEL_FILE, Run, make_run, steps_per_epoch, to_model
+from toolchain.train.epochs import steps_per_epoch
+from toolchain.train.loop import MODEL_FILE, Run, make_run, to_model
 from toolchain.train.methods import get_method
 
 log = logging.getLogger("vst.train")

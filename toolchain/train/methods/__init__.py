@@ -1,4 +1,4 @@
-"""Training methods as peers over one epoch loop (``train/loop.py``).
+"""Training methods as peers over one epoch loop (``train/epochs.py``).
 
 One module per method; each defines a ``Method`` subclass (see ``base.py``)
 and the registry below names it. The config's ``sparsity.method`` picks one:
@@ -13,25 +13,23 @@ and the registry below names it. The config's ``sparsity.method`` picks one:
   fine-tuning (Sehwag et al. 2020; ``hydra.py``).
 
 To add a method: a new module with a ``Method`` subclass, a line in
-``_MODULES``, its name in ``config.SparsityConfig.method``'s choices (a test
+``_METHODS``, its name in ``config.SparsityConfig.method``'s choices (a test
 keeps the two equal).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from toolchain.train.methods import dense, dst, gradual, hydra
 from toolchain.train.methods.base import Method
 
-_MODULES = {"dense": "dense", "verisparse": "dst", "verisparse-gradual": "gradual",
-            "hydra": "hydra"}
-NAMES = tuple(_MODULES)
+_METHODS = {"dense": dense.METHOD, "verisparse": dst.METHOD,
+            "verisparse-gradual": gradual.METHOD, "hydra": hydra.METHOD}
+NAMES = tuple(_METHODS)
 
 
 def get_method(name: str) -> Method:
     """A fresh instance of the method the config names."""
-    module = importlib.import_module(f"toolchain.train.methods.{_MODULES[name]}")
-    return module.METHOD()
+    return _METHODS[name]()
 
 
 __all__ = ["Method", "NAMES", "get_method"]

@@ -1,6 +1,6 @@
 """What a training method can change in the shared epoch loop.
 
-The loop (``train/loop.py``) owns data order, the certified loss, the
+The loop (``train/epochs.py``) owns data order, the certified loss, the
 optimizer step, metrics, checkpoints and ranks; a method decides which
 weights exist and how that changes:
 
@@ -13,6 +13,8 @@ weights exist and how that changes:
 """
 
 from __future__ import annotations
+
+from toolchain.train.epochs import run_epochs
 
 
 class Method:
@@ -50,5 +52,4 @@ class Method:
         return {}
 
     def fit(self, run, out_dir, start: int, last: int, elapsed: float, show_progress: bool):
-        from toolchain.train.loop import run_epochs
         run_epochs(run, out_dir, start, last, elapsed, show_progress)

@@ -22,7 +22,7 @@ import torch
 
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss
-from toolchain.train.loop import epoch_metrics, run_epochs
+from toolchain.train.epochs import epoch_metrics, run_epochs
 from toolchain.train.methods.base import Method
 
 
