@@ -29,7 +29,8 @@ from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS
                                                  COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
                                                  _is_int, _show,
                                                  validate_certificate)
-from toolchain.verify.engine import BATCH, CASCADES, EpsResult, settled_by
+from toolchain.verify.engine import EpsResult, settled_by
+from toolchain.verify.steps import ATTACK, BATCH, plan
 
 FORMAT = "vst-certificate"
 VERSION = 1
@@ -308,15 +309,18 @@ class _Checker:
         return torch.cat(out)
 
     def _cascade(self, samples, res, clean_ok):
-        """The engine's bound steps, in the engine's batches: margins per method and index.
+        """The engine's bound steps, in the engine's order (``steps.plan``) and
+        batches: margins per method and index.
 
         auto_LiRPA's CROWN bound of a sample depends a little on the other
         samples of its batch (all sound); bounding the same batches as the
-        engine reproduces the certificate's margins.
+        engine reproduces the certificate's margins. The attack's share is
+        what the certificate says it falsified; the complete step is re-decided
+        per claim (``_complete_claims``).
         """
         import torch
 
-        eps, steps = res["eps"], [m for m in CASCADES[res["method"]] if m in BATCH]
+        eps, steps = res["eps"], [m for m in plan(res["method"]) if m in BATCH or m == ATTACK]
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
             steps.pop()
@@ -337,13 +341,12 @@ class _Checker:
                     is_open[i] = False
 
         for method in steps:
-            if method != "alpha-crown":
+            if method != ATTACK:
                 step(method)
-        if "alpha-crown" in steps:
+                continue
             for i in is_open.nonzero().flatten().tolist():   # the attack's share
-                if by_index[i]["method"] == "pgd" and eps > 0:
+                if by_index[i]["method"] == ATTACK and eps > 0:
                     is_open[i] = False
-            step("alpha-crown")
         return found
 
     def _verified(self, samples, res, clean_ok, failures) -> None:

@@ -12,10 +12,9 @@ import json
 import math
 
 from toolchain.errors import VstError
-from toolchain.verify.engine import CASCADES
+from toolchain.verify.steps import BOUND_METHODS, CASCADES
 
 VERDICTS = ("verified", "falsified", "unknown")
-BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 COMPLETE_METHODS = ("milp", "bab")          # complete verification (verify/complete.py)
 # Which step may decide which verdict (engine.verify_samples).
 DECIDERS = {"verified": BOUND_METHODS + COMPLETE_METHODS,

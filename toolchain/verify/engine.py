@@ -1,6 +1,7 @@
 """The verification cascade: a verdict and margin lower bounds for every sample.
 
-For each test sample at each eps, cheapest first:
+For each test sample at each eps, cheapest first (the order is
+``steps.plan``, which the certificate checker replays):
 
 1. clean prediction wrong -> ``falsified`` (the input itself is the counterexample);
 2. bounds (IBP, then CROWN, ...; the methods asked for) -> ``verified`` when
@@ -32,10 +33,8 @@ import torch
 
 from toolchain.errors import VstError
 from toolchain.verify.attack import AttackConfig, in_box, pgd
+from toolchain.verify.steps import ATTACK, BATCH, CASCADES, plan
 
-CASCADES = {"ibp": ("ibp",), "crown": ("crown",), "alpha-crown": ("alpha-crown",),
-            "complete": ("complete",), "all": ("ibp", "crown", "alpha-crown", "complete")}
-BATCH = {"ibp": 500, "crown": 250, "alpha-crown": 50}
 DEFAULT_TIMEOUT = 60.0      # seconds of complete verification per sample
 
 
@@ -139,20 +138,17 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
                    ["clean" if not ok else "none" for ok in clean_ok.tolist()],
                    torch.full((n, k - 1), float("nan")), {},
                    [(time.perf_counter() - t0) / max(1, n)] * n)
-    steps = list(CASCADES[method] if steps is None else steps)
-    for m in steps:
-        if m in BATCH and m != "alpha-crown":
-            _bound_step(bounder, x, y, eps, m, state, on_batch)
     ids = list(range(n)) if ids is None else list(ids)
-    if method != "complete":
-        _attack_step(module, x, y, eps, attack or AttackConfig(), state, ids)
-    if "alpha-crown" in steps:
-        _bound_step(bounder, x, y, eps, "alpha-crown", state, on_batch)
-    if "complete" in steps:
-        from toolchain.verify.complete_step import complete_step
+    for step in plan(method, steps):
+        if step in BATCH:
+            _bound_step(bounder, x, y, eps, step, state, on_batch)
+        elif step == ATTACK:
+            _attack_step(module, x, y, eps, attack or AttackConfig(), state, ids)
+        else:
+            from toolchain.verify.complete_step import complete_step
 
-        complete_step(complete_module or module, bounder, x, y, eps, timeout, state, ids,
-                      on_batch)
+            complete_step(complete_module or module, bounder, x, y, eps, timeout, state, ids,
+                          on_batch)
     result = EpsResult(eps, method, seconds=0.0)
     for i in range(n):
         v = "unknown" if state.verdict[i] == "open" else state.verdict[i]
