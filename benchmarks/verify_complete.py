@@ -37,6 +37,7 @@ from common import machine, markdown, write  # noqa: E402
 import torch  # noqa: E402
 
 from toolchain.data import load_dataset  # noqa: E402
+from toolchain.epsbox import eps_box  # noqa: E402
 from toolchain.lirpa.bounds import Bounder  # noqa: E402
 from toolchain.verify.attack import AttackConfig, pgd  # noqa: E402
 from toolchain.verify.complete import classification_spec, decide  # noqa: E402
@@ -115,9 +116,10 @@ def run_complete(model, data, eps: float, indices, timeout: float) -> list[dict]
         x = torch.from_numpy(data.x_test[i])
         y = int(data.y_test[i])
         wall = time.perf_counter()
-        d = decide(module, data.input_shape, torch.clamp(x - eps, min=0).numpy(),
-                   torch.clamp(x + eps, max=1).numpy(), classification_spec(y, 10),
-                   timeout=timeout, seed=i, bounder=bounder, clock=time.process_time)
+        lower, upper = eps_box(x, eps)
+        d = decide(module, data.input_shape, lower.numpy(), upper.numpy(),
+                   classification_spec(y, 10), timeout=timeout, seed=i, bounder=bounder,
+                   clock=time.process_time)
         wall = time.perf_counter() - wall
         broken = False
         if d.status == "verified":

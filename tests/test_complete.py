@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import assert_one_line, tiny_mnist
+from toolchain.epsbox import eps_box
 from toolchain.errors import VstError
 from toolchain.verify.complete import classification_spec, decide
 from toolchain.verify.spec_attack import unsafe_at
@@ -62,7 +63,7 @@ def check_against_grid(net, lower, upper, disjuncts, d):
 
 def box(seed, eps=0.15):
     centre = np.random.default_rng(seed).uniform(0, 1, 2).astype(np.float32)
-    return np.clip(centre - eps, 0, 1), np.clip(centre + eps, 0, 1), centre
+    return *eps_box(centre, eps), centre
 
 
 def boundary_eps(net, centre, label) -> float:
@@ -88,7 +89,7 @@ def test_milp_alone_is_sound_and_complete_on_tiny_nets(seed, factor):
         if 0.03 < radius < 0.3:
             break
     eps = factor * radius
-    lower, upper = np.clip(centre - eps, 0, 1), np.clip(centre + eps, 0, 1)
+    lower, upper = eps_box(centre, eps)
     spec = classification_spec(label, 3)
     d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
     assert d.status in ("verified", "falsified"), d.reason       # tiny: always decided

@@ -145,7 +145,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_graph_reader_sees_hidden_imports():
     # The reader itself must see what it claims to: function-level imports,
     # relative imports and importlib with a string or an f-string prefix.
-    files = {"toolchain": Path("toolchain/__init__.py"), "toolchain.a": Path("toolchain/a/__init__.py"),
+    files = {"toolchain": Path("toolchain/__init__.py"),
+             "toolchain.a": Path("toolchain/a/__init__.py"),
              "toolchain.a.b": Path("toolchain/a/b.py"), "toolchain.c": Path("toolchain/c.py")}
     call = ast.parse('importlib.import_module(f"toolchain.a.{x}")').body[0].value
     assert _is_dynamic_import(call) and _dynamic_targets(call, files) == ["toolchain.a.b"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from toolchain.epsbox import eps_box
 from toolchain.errors import VstError
 from toolchain.lirpa import compat
 from toolchain.lirpa.bounds import METHODS, Bounder, margin_matrix
@@ -81,13 +82,9 @@ def case(request):
     return request.param, module, Bounder(module, shape), x, y
 
 
-def box(x, eps):
-    return (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
-
-
 def box_points(x, eps, seed=1):
     """(N, POINTS + 1, ...) points of the clipped box: corners, interior, and x."""
-    lower, upper = box(x, eps)
+    lower, upper = eps_box(x, eps)
     gen = torch.Generator().manual_seed(seed)
     shape = (x.shape[0], POINTS // 2) + tuple(x.shape[1:])
     corners = torch.randint(0, 2, shape, generator=gen).float()
@@ -180,7 +177,7 @@ def test_intermediate_bounds_contain_sampled_preactivations(case, method):
 
 def test_ibp_equals_independent_interval_pass(case):
     name, module, bounder, x, y = case
-    lower, upper = box(x, EPS)
+    lower, upper = eps_box(x, EPS)
     with torch.no_grad():
         lb, ub = bounder.logit_bounds(x, EPS, "ibp")
         mlb = bounder.margin_lower(x, y, EPS, "ibp")
@@ -236,7 +233,7 @@ def test_train_mode_batchnorm_uses_clean_batch_statistics():
             h = twin(h)
     module.eval()
     assert all(torch.equal(a, b) for a, b in zip(before, module.buffers())), "bounds moved running stats"
-    ref_lb, ref_ub = interval_pass(frozen, *box(x, EPS))
+    ref_lb, ref_ub = interval_pass(frozen, *eps_box(x, EPS))
     torch.testing.assert_close(lb, ref_lb, atol=TOL, rtol=0)
     torch.testing.assert_close(ub, ref_ub, atol=TOL, rtol=0)
     out = outputs_at(frozen, box_points(x, EPS))
@@ -272,7 +269,7 @@ def test_ibp_gradients_equal_those_of_the_independent_pass(name):
         return {n: p.grad.clone() for n, p in module.named_parameters()}
 
     ours = grads(bounder.margin_lower(x, y, EPS, "ibp"))
-    ref = grads(interval_pass(module, *box(x, EPS), margin_matrix(y, bounder.num_classes))[0])
+    ref = grads(interval_pass(module, *eps_box(x, EPS), margin_matrix(y, bounder.num_classes))[0])
     for pname in ref:
         torch.testing.assert_close(ours[pname], ref[pname], atol=1e-4, rtol=1e-4, msg=pname)
 

@@ -10,7 +10,7 @@ import pytest
 
 from toolchain import __version__
 from toolchain.errors import VstError
-from toolchain.export.vnnlib import input_box, parse_vnnlib, write_vnnlib
+from toolchain.export.vnnlib import parse_vnnlib, write_vnnlib
 
 
 def _samples(n=3, shape=(1, 4, 4)):
@@ -91,15 +91,6 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, kwargs, match):
         write_vnnlib(tmp_path / "out", "m.onnx", args.pop("x"), args.pop("y"), args.pop("eps"),
                      num_classes=5, **args)
     assert not (tmp_path / "out").exists()
-
-
-def test_input_box_matches_the_bounder_box():
-    import torch
-    x = np.random.default_rng(2).random((4, 1, 5, 5), dtype=np.float32)
-    lower, upper = input_box(x, 0.3)
-    t = torch.from_numpy(x)
-    assert np.array_equal(lower, torch.clamp(t - 0.3, min=0.0).numpy())
-    assert np.array_equal(upper, torch.clamp(t + 0.3, max=1.0).numpy())
 
 
 def test_parser_rejects_foreign_files(tmp_path):

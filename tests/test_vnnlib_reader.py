@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from toolchain.errors import VstError
-from toolchain.export.vnnlib import input_box, property_text
+from toolchain.epsbox import eps_box
+from toolchain.export.vnnlib import property_text
 from toolchain.verify.vnnlib_reader import parse_vnnlib_text, read_vnnlib
 
 
@@ -15,7 +16,7 @@ def test_vsts_own_properties_read_back_exactly():
     rng = np.random.default_rng(0)
     x = rng.random((1, 4, 4), dtype=np.float32)
     prop = parse_vnnlib_text(property_text(x, 2, 0.1, 5))
-    lower, upper = input_box(x, 0.1)
+    lower, upper = eps_box(x, 0.1)
     assert np.array_equal(prop.lower, lower.ravel().astype(np.float64))
     assert np.array_equal(prop.upper, upper.ravel().astype(np.float64))
     assert prop.n_outputs == 5 and len(prop.disjuncts) == 4      # one per other class

@@ -4,7 +4,7 @@ Training, verification and compaction ask for bounds here and nowhere else;
 auto_LiRPA is an implementation detail behind :class:`Bounder`.
 
 The input set is the L-inf box around ``x`` cut to the data range,
-``[max(x - eps, x_min), min(x + eps, x_max)]``. A margin is
+``[max(x - eps, x_min), min(x + eps, x_max)]`` (``epsbox.eps_box``). A margin is
 ``logit[y] - logit[j]`` for every class ``j != y``; a sample is verified when
 every margin's lower bound is > 0.
 
@@ -35,6 +35,7 @@ import contextlib
 import torch
 from torch import nn
 
+from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import VstError
 from toolchain.lirpa import compat
 
@@ -122,8 +123,8 @@ class Bounder:
 
     # -- public API ------------------------------------------------------------
 
-    def logit_bounds(self, x, eps: float, method: str = "ibp", x_min: float = 0.0,
-                     x_max: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def logit_bounds(self, x, eps: float, method: str = "ibp", x_min: float = INPUT_RANGE[0],
+                     x_max: float = INPUT_RANGE[1]) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds, each (N, K), on the logits over the input box."""
         method = _check_method(method)
         x = self._here(x)
@@ -132,8 +133,8 @@ class Bounder:
                 x=(self._box(x, eps, x_min, x_max),), method=_LIRPA_METHOD[method])
         return (lb.detach(), ub.detach()) if method == "alpha-crown" else (lb, ub)
 
-    def margin_lower(self, x, y, eps: float, method: str = "ibp", x_min: float = 0.0,
-                     x_max: float = 1.0) -> torch.Tensor:
+    def margin_lower(self, x, y, eps: float, method: str = "ibp", x_min: float = INPUT_RANGE[0],
+                     x_max: float = INPUT_RANGE[1]) -> torch.Tensor:
         """Lower bounds (N, K-1) on ``logit[y] - logit[j]``, j != y, over the box."""
         method = _check_method(method)
         x, y = self._here(x), self._here(y)
@@ -149,8 +150,8 @@ class Bounder:
                                                  bound_upper=False)
         return lb.detach() if method == "alpha-crown" else lb
 
-    def mixed_margin_lower(self, x, y, eps: float, beta: float, x_min: float = 0.0,
-                           x_max: float = 1.0) -> torch.Tensor:
+    def mixed_margin_lower(self, x, y, eps: float, beta: float, x_min: float = INPUT_RANGE[0],
+                           x_max: float = INPUT_RANGE[1]) -> torch.Tensor:
         """``beta * CROWN-IBP + (1 - beta) * IBP`` margin lower bounds (N, K-1).
 
         The IBP pass is shared; the CROWN backward pass runs only when beta > 0.
@@ -248,8 +249,7 @@ class Bounder:
         if tuple(x.shape[1:]) != self.input_shape:
             raise VstError(f"inputs of shape {tuple(x.shape[1:])}, model expects "
                            f"{self.input_shape}")
-        lower = torch.clamp(x - eps, min=x_min)
-        upper = torch.clamp(x + eps, max=x_max)
+        lower, upper = eps_box(x, eps, x_min, x_max)
         if bool((lower > upper).any()):
             raise VstError(f"inputs lie outside the data range [{x_min}, {x_max}]")
         self.sync()

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.models.torch_build import Normalize
 from toolchain.train.certified import robust_ce
-
-INPUT_RANGE = (0.0, 1.0)
 
 
 def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -69,8 +68,7 @@ def calibrate(module: nn.Sequential, x: torch.Tensor) -> dict[int, tuple[float, 
 def bounds(module: nn.Sequential, ranges, x: torch.Tensor, eps: float):
     """Interval bounds (lower, upper) of the logits of the fake-quantized network
     over the eps-box of ``x`` clipped to the input range; eps 0 gives the point."""
-    lo = fake_quant_act((x - eps).clamp(*INPUT_RANGE), *INPUT_RANGE)
-    hi = fake_quant_act((x + eps).clamp(*INPUT_RANGE), *INPUT_RANGE)
+    lo, hi = (fake_quant_act(b, *INPUT_RANGE) for b in eps_box(x, eps))
     for i, m in enumerate(module):
         if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             w = fake_quant_weight(m.weight)

@@ -2,7 +2,7 @@
 
 Projected gradient descent (Madry et al. 2018) on the worst margin
 ``max_{j != y} z_j - z_y``, from random starts in the box
-``[max(x - eps, 0), min(x + eps, 1)]``. A sample is falsified only by a
+``[max(x - eps, 0), min(x + eps, 1)]`` (``epsbox.eps_box``). A sample is falsified only by a
 concrete input that lies in the box and really changes the prediction; the
 caller re-checks both before believing it.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from toolchain.epsbox import INPUT_RANGE, eps_box
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ def _starts(shape, sample_ids, seed: int, restarts: int) -> torch.Tensor:
 
 
 def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-        cfg: AttackConfig | None = None, x_min: float = 0.0, x_max: float = 1.0,
-        sample_ids=None):
+        cfg: AttackConfig | None = None, x_min: float = INPUT_RANGE[0],
+        x_max: float = INPUT_RANGE[1], sample_ids=None):
     """Return ``(found, adversarial)``: per-sample bool and the input that broke it.
 
     Where nothing was found, ``adversarial`` holds the strongest input tried.
@@ -54,8 +56,7 @@ def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     """
     cfg = cfg or AttackConfig()
     module.eval()
-    lower = torch.clamp(x - eps, min=x_min)
-    upper = torch.clamp(x + eps, max=x_max)
+    lower, upper = eps_box(x, eps, x_min, x_max)
     ids = range(len(x)) if sample_ids is None else sample_ids
     starts = _starts(x.shape, ids, cfg.seed, cfg.restarts)
     best = x.clone()
@@ -79,10 +80,10 @@ def pgd(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     return found, best.detach()
 
 
-def in_box(adv: torch.Tensor, x: torch.Tensor, eps: float, x_min: float = 0.0,
-           x_max: float = 1.0, tol: float = 1e-6) -> torch.Tensor:
+def in_box(adv: torch.Tensor, x: torch.Tensor, eps: float, x_min: float = INPUT_RANGE[0],
+           x_max: float = INPUT_RANGE[1], tol: float = 1e-6) -> torch.Tensor:
     """Per sample: does ``adv`` lie inside the clipped eps-box around ``x``?"""
-    lower = torch.clamp(x - eps, min=x_min) - tol
-    upper = torch.clamp(x + eps, max=x_max) + tol
+    lower, upper = eps_box(x, eps, x_min, x_max)
+    lower, upper = lower - tol, upper + tol
     flat = lambda t: t.reshape(len(t), -1)  # noqa: E731
     return ((flat(adv) >= flat(lower)) & (flat(adv) <= flat(upper))).all(1)

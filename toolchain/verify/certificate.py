@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 
 from toolchain.atomic import write_text
+from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import GateFailed, VstError
 from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS,
                                                  COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
@@ -54,7 +55,7 @@ def build_certificate(model, dataset, results: list[EpsResult], split: str = "te
         "model": {"weights_sha256": model.weights_hash(),
                   "params": model.network.param_count()},
         "dataset": {"name": dataset.name, "sha256": dataset.sha256(), "split": split},
-        "input_range": [0.0, 1.0], "norm": "Linf",
+        "input_range": list(INPUT_RANGE), "norm": "Linf",
         "results": [{
             "eps": r.eps, "method": r.method, "n": r.n,
             "counts": {v: r.count(v) for v in VERDICTS},
@@ -403,8 +404,6 @@ class _Checker:
         """A claim of complete verification (milp / bab) holds when the complete
         procedure, run again, proves it (within 3x its recorded time, at least
         the default timeout): no bound can, so the proof is redone."""
-        import torch
-
         from toolchain.verify.complete import classification_spec, decide
         from toolchain.verify.engine import DEFAULT_TIMEOUT
 
@@ -413,8 +412,8 @@ class _Checker:
             s = samples[k]
             x = self.x_all[s["index"]]
             timeout = max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0)))
-            d = decide(self.module, shape, torch.clamp(x - eps, min=0.0).numpy(),
-                       torch.clamp(x + eps, max=1.0).numpy(),
+            lower, upper = eps_box(x, eps)
+            d = decide(self.module, shape, lower.numpy(), upper.numpy(),
                        classification_spec(s["label"], self.k), timeout=timeout, cheap=False)
             if d.status != "verified":
                 why = d.reason or f"it is {d.status} by {d.procedure}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+from toolchain.epsbox import INPUT_RANGE
 from toolchain.errors import VstError
 from toolchain.verify.steps import BOUND_METHODS, CASCADES
 
@@ -68,7 +69,7 @@ def validate_certificate(cert: dict, source: str = "certificate") -> None:
     data = _need(source, cert, "dataset", "", is_dict, "an object")
     _need(source, data, "sha256", "dataset", hexdigest, "a SHA-256 hex digest")
     _need(source, data, "split", "dataset", lambda v: v == "test", '"test"')
-    _need(source, cert, "input_range", "", lambda v: v == [0.0, 1.0], "[0.0, 1.0]")
+    _need(source, cert, "input_range", "", lambda v: v == list(INPUT_RANGE), str(list(INPUT_RANGE)))
     _need(source, cert, "norm", "", lambda v: v == "Linf", '"Linf"')
     if "shard" in cert:
         shard = _need(source, cert, "shard", "", is_dict, "an object")

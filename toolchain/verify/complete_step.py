@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from toolchain.epsbox import eps_box
 from toolchain.verify.attack import in_box
 
 
@@ -31,8 +32,7 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
     k = bounder.num_classes
     for i in open_idx:
         t0 = time.perf_counter()
-        lower = torch.clamp(x[i] - eps, min=0.0).numpy()
-        upper = torch.clamp(x[i] + eps, max=1.0).numpy()
+        lower, upper = (b.numpy() for b in eps_box(x[i], eps))
         d = decide(module, shape, lower, upper, classification_spec(int(y[i]), k),
                    timeout=timeout, seed=int(ids[i]), bounder=own)
         if d.status == "falsified":

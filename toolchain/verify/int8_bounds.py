@@ -5,7 +5,7 @@ one. This module bounds the int8 network exactly as the generated C (and
 TFLite Micro) computes it, following vst's int8 plan of the .tflite file
 (``int8_plan``: the same weights, biases, multipliers, shifts and clamps):
 
-1. The input box ``[x - eps, x + eps]`` clipped to the input range is
+1. The input box ``[x - eps, x + eps]`` clipped to the input range (``eps_box``) is
    quantized with the firmware's rounding (``quantize``: monotone), giving the
    set of int8 inputs the device can see: ``[q(lo), q(hi)]`` per value.
 2. Per CONV_2D / FULLY_CONNECTED: int32 accumulator bounds from the signed
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import VstError
 from toolchain.export.c.golden import quantize, to_tflite_layout
 from toolchain.export.c.int8_plan import QOp, int8_plan
@@ -134,13 +135,13 @@ class Int8Bounds:
         ops, _, x_t, y_t = int8_plan(read_tflite(Path(path)))
         return cls(ops, x_t, y_t)
 
-    def quantize_box(self, x: np.ndarray, eps: float, lo: float = 0.0, hi: float = 1.0):
+    def quantize_box(self, x: np.ndarray, eps: float, lo: float = INPUT_RANGE[0],
+                     hi: float = INPUT_RANGE[1]):
         """The int8 inputs (N, size) the device can see for float inputs within
         eps of ``x`` (N, C, ...) and within [lo, hi]: the firmware's rounding is
         monotone, so the ends of the box map to the ends of the set."""
         x = np.asarray(x, np.float32)
-        box_lo = np.clip(x - np.float32(eps), lo, hi).astype(np.float32)
-        box_hi = np.clip(x + np.float32(eps), lo, hi).astype(np.float32)
+        box_lo, box_hi = eps_box(x, eps, lo, hi)
         q = [quantize(to_tflite_layout(b, self.x_t.shape), self.x_t.scale, self.x_t.zero_point)
              for b in (box_lo, box_hi)]
         return (q[0].reshape(len(x), -1).astype(np.int64),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.atomic import write_text
+from toolchain.epsbox import INPUT_RANGE
 from toolchain.errors import GateFailed, VstError
 from toolchain.verify.int8_bounds import Int8Bounds, sha256_file
 
@@ -64,7 +65,7 @@ def build_int8_certificate(tflite_path, dataset, results: list[dict], c_source=N
         "c_source": None if c_source is None else {"file": Path(c_source).name,
                                                    "sha256": sha256_file(c_source)},
         "dataset": {"name": dataset.name, "sha256": dataset.sha256(), "split": "test"},
-        "input_range": [0.0, 1.0], "norm": "Linf", "results": results,
+        "input_range": list(INPUT_RANGE), "norm": "Linf", "results": results,
     }
 
 
