@@ -20,10 +20,11 @@ from click.testing import CliRunner
 
 from helpers import tiny_config, tiny_mnist
 from toolchain.cli import cli
+from toolchain.device import resolve_device
 from toolchain.errors import VstError
 from toolchain.models.modelfile import load_model
 from toolchain.train.checkpoint import load_checkpoint
-from toolchain.train.distributed import World, resolve_device
+from toolchain.train.distributed import World
 from toolchain.train.trainer import train
 
 # update_every 2: several structured RigL updates (the regrowth scores take a

@@ -218,7 +218,7 @@ def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
 
 def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
     """Verify at the config's eps, write the certificate to ``path``, return its numbers."""
-    from toolchain.train.distributed import resolve_device
+    from toolchain.device import resolve_device
     from toolchain.verify import verify_model
     from toolchain.verify.certificate import build_certificate, save_certificate
 

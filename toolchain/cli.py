@@ -138,7 +138,8 @@ def train(ctx, config_path, out, resume, device) -> None:
     from dataclasses import replace
 
     from toolchain.atomic import check_writable
-    from toolchain.train.distributed import World, resolve_device
+    from toolchain.device import resolve_device
+    from toolchain.train.distributed import World
     from toolchain.train.loop import MODEL_FILE
     from toolchain.train.trainer import train as run_training
 
@@ -340,7 +341,7 @@ def build(ctx, config_path, target_name, out, no_bench, device) -> None:
 
     from dataclasses import replace
 
-    from toolchain.train.distributed import resolve_device
+    from toolchain.device import resolve_device
 
     cfg = _load_config(config_path, ctx)
     if device is not None:

@@ -104,7 +104,7 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
     if results_dir is not None:
         raise VstError("--results applies with --vnnlib")
     eps_list = _eps_list(eps_text)
-    from toolchain.train.distributed import resolve_device
+    from toolchain.device import resolve_device
 
     run_on = resolve_device(device)                   # "cuda" without CUDA: exit 2
     shard = None

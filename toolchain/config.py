@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from toolchain.device import DEVICES
 from toolchain.errors import VstError
 
 log = logging.getLogger("vst.config")
@@ -123,7 +124,7 @@ class TrainConfig:
     val_size: int = _opt(200, lo=0, hi=10**7)
     seed: int = _opt(0, lo=0, hi=2**32 - 1)
     # auto: CUDA when torch sees a GPU, else the CPU (`vst train --device` overrides).
-    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    device: str = _opt("auto", choices=DEVICES)
     # CPU threads for torch; 0 takes the CPUs this process may use (at most 8).
     threads: int = _opt(0, lo=0, hi=1024)
 
@@ -140,7 +141,7 @@ class VerifyConfig:
     # Test samples to verify; 0 means the whole test split.
     n: int = _opt(0, lo=0, hi=10**9)
     # auto: CUDA when torch sees a GPU, else the CPU (`vst verify --device` overrides).
-    device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
+    device: str = _opt("auto", choices=DEVICES)
 
 
 @dataclass

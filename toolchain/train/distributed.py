@@ -1,9 +1,6 @@
-"""Where a stage runs: the device (``--device``) and data-parallel ranks (torchrun).
+"""Data-parallel training ranks (torchrun); the device is ``toolchain/device.py``.
 
-``resolve_device("auto")`` is CUDA when torch sees a GPU, else the CPU;
-``"cuda"`` without one is a one-line ``VstError`` (exit 2).
-
-Data parallel. ``torchrun --nproc-per-node N -m toolchain train ...`` starts N
+``torchrun --nproc-per-node N -m toolchain train ...`` starts N
 processes with ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` set; ``World.from_env``
 reads them and joins the process group (gloo on the CPU, nccl on CUDA). Every
 rank holds the whole model and walks the same shuffled order; each global batch
@@ -32,20 +29,6 @@ from dataclasses import dataclass
 import torch
 
 from toolchain.errors import VstError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda`` -> the torch device to run on."""
-    if name not in DEVICES:
-        raise VstError(f"--device must be one of {', '.join(DEVICES)}, got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise VstError(f"--device cuda: torch {torch.__version__} sees no CUDA device; "
-                       "use --device cpu or auto")
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device("cpu")
 
 
 @dataclass

@@ -32,9 +32,10 @@ import torch
 from toolchain.config import Config
 from toolchain.errors import VstError
 from toolchain.data import load_data
+from toolchain.device import resolve_device
 from toolchain.models.modelfile import VstModel, save_model
 from toolchain.train.checkpoint import load_checkpoint, restore_rng
-from toolchain.train.distributed import World, resolve_device
+from toolchain.train.distributed import World
 from toolchain.train.epochs import steps_per_epoch
 from toolchain.train.loop import MODEL_FILE, Run, make_run, to_model
 from toolchain.train.methods import get_method
