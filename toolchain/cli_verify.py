@@ -120,6 +120,9 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
     for path in (json_path, junit_path, plot_path):
         if path is not None:
             check_writable(path)
+    if c_source is not None and model.suffix.lower() != ".tflite":
+        raise VstError("--c-source applies to an int8 .tflite (the generated int8 C it "
+                       f"was made from), not to {model.name}")
     if model.suffix.lower() == ".tflite":
         _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
         return
@@ -326,9 +329,11 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     if bounds.x_t.size != math.prod(dataset.input_shape):
         raise VstError(f"data {data} has inputs {dataset.input_shape}, {tflite.name} takes "
                        f"{bounds.x_t.size} values")
-    if cert_path is not None:
-        click.echo(check_int8_certificate(load_certificate(cert_path, any_format=True), tflite,
-                                          dataset))
+    if cert_path is not None:      # the re-checked claims, gated like a fresh run
+        cert = load_certificate(cert_path, any_format=True)
+        click.echo(check_int8_certificate(cert, tflite, dataset, c_source))
+        if min_verified is not None:
+            _gate_certificate(cert, min_verified)
         return
     if not eps_list:
         raise VstError("pass --eps for an int8 .tflite")

@@ -25,10 +25,12 @@ from pathlib import Path
 
 from toolchain.atomic import write_text
 from toolchain.errors import GateFailed, VstError
+from toolchain.verify.certificate_rules import (check_indices, check_sample_set,
+                                                check_summaries, result_failure)
 from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS,
                                                  COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
-                                                 _is_int, _show,
-                                                 validate_certificate)
+                                                 _is_int, _show, validate_certificate,
+                                                 validate_int8_certificate)
 from toolchain.verify.engine import BATCH, CASCADES, EpsResult, settled_by
 
 FORMAT = "vst-certificate"
@@ -36,7 +38,6 @@ VERSION = 1
 # alpha-CROWN optimizes per batch (learning-rate schedule, early stop): a
 # re-run on another batch may end a little looser, so its margins get room.
 ALPHA_TOL = 0.05
-SUMMARY_TOL = 1e-9
 
 
 class Certificate(dict):
@@ -92,7 +93,8 @@ def read_json(path: Path):
 def load_certificate(path: Path, any_format: bool = False) -> dict:
     """A certificate file (``any_format``: the int8 certificate too); one-line errors.
 
-    A float certificate is checked for structure here (see ``validate_certificate``).
+    Its structure is checked here (``validate_certificate``,
+    ``validate_int8_certificate``).
     """
     from toolchain.verify.int8_certificate import FORMAT as INT8_FORMAT
 
@@ -115,6 +117,8 @@ def load_certificate(path: Path, any_format: bool = False) -> dict:
     cert.source = str(path)
     if cert["format"] == FORMAT:
         validate_certificate(cert, str(path))
+    else:
+        validate_int8_certificate(cert, str(path))
     return cert
 
 
@@ -204,11 +208,8 @@ class _Checker:
         self.counted["seconds"] += time.perf_counter() - t0
 
     def _structure(self, where, samples) -> None:
-        n_data = len(self.x_all)
+        check_indices(self.source, where, samples, len(self.x_all))
         for k, s in enumerate(samples):
-            if s["index"] >= n_data:
-                raise _bad(self.source, f"{where}.samples[{k}].index",
-                           f"an index in [0, {n_data}) (the test split)", s["index"])
             if s["label"] >= self.k:
                 raise _bad(self.source, f"{where}.samples[{k}].label",
                            f"a class in [0, {self.k})", s["label"])
@@ -221,31 +222,8 @@ class _Checker:
 
     def _summaries(self, where, res) -> None:
         """n, counts and every rate, recomputed from the samples; the first sample set."""
+        check_sample_set(self.source, where, res, self.shard)
         samples, n = res["samples"], len(res["samples"])
-        fail = lambda what: GateFailed(f"{self.source}: {where} (eps={res['eps']:g}): "  # noqa
-                                       f"{what}")
-        if n == 0:
-            raise fail("claims nothing (no samples)")
-        if res["n"] != n:
-            raise fail(f"claims n={res['n']} but holds {n} samples")
-        seen: set[int] = set()
-        for s in samples:
-            if s["index"] in seen:
-                raise fail(f"sample {s['index']} appears twice")
-            seen.add(s["index"])
-        if self.shard is not None:
-            # A shard (toolchain.verify.shard): exactly its slice of the first `total`.
-            i0, count, total = self.shard["index"], self.shard["count"], self.shard["total"]
-            want = set(range(i0, total, count))
-            if seen != want:
-                wrong = sorted(seen ^ want)[0]
-                why = "is missing" if wrong in want else "lies outside it"
-                raise fail(f"the samples must be shard {i0}/{count} of the first {total} test "
-                           f"samples (index % {count} == {i0}); sample {wrong} {why}")
-        elif seen != set(range(n)):
-            missing = min(set(range(n)) - seen)
-            raise fail(f"the samples must be the first n={n} test samples; "
-                       f"sample {missing} is missing")
         count = {v: sum(s["verdict"] == v for s in samples) for v in VERDICTS}
         clean_wrong = sum(s["method"] == "clean" for s in samples)
         expect = {
@@ -256,18 +234,12 @@ class _Checker:
         }
         if "falsified_by" in res:
             expect["falsified_by"] = settled_by(samples, "falsified")
-        for key, value in expect.items():
-            claimed = res[key]
-            if key.endswith("_by"):
-                claimed = {m: k for m, k in claimed.items() if k}
-            same = (claimed == value if isinstance(value, dict)
-                    else abs(claimed - value) <= SUMMARY_TOL)
-            if not same:
-                raise fail(f"claims {key} {_show(res[key])} but its samples give {_show(value)}")
+        check_summaries(self.source, where, res, expect)
         rate = _rate(n, res["seconds"])
         if abs(res["samples_per_second"] - rate) > 1e-6 * max(1.0, rate):
-            raise fail(f"claims samples_per_second {res['samples_per_second']:g} but n/seconds "
-                       f"is {rate:g}")
+            raise result_failure(self.source, where, res)(
+                f"claims samples_per_second {res['samples_per_second']:g} but n/seconds "
+                f"is {rate:g}")
 
     def _labels_and_clean(self, samples, failures):
         """Labels match the data; misclassified exactly where the certificate says "clean".
