@@ -334,6 +334,31 @@ def test_alpha_crown_certificate_re_checks(setup, tmp_path):
     assert_one_line(code, err, 1, "higher than the re-computed alpha-crown bound")
 
 
+def test_the_checker_bounds_a_complete_claims_re_proof(setup, monkeypatch):
+    """A MILP claim that says it took 1e300 s is redone within the checker's limit
+    (300 s, or --timeout), not 3x what the certificate says."""
+    from toolchain.verify import complete
+
+    root, model, cert, _ = setup
+    c = copy.deepcopy(cert)
+    first(c, "verified").update(method="milp", seconds=1e300)
+    resum(c)
+    path = root / "milp_claim.json"
+    path.write_text(json.dumps(c))
+    asked = []
+
+    def proved(*args, timeout, **kwargs):
+        asked.append(timeout)
+        return complete.Decision("verified", "milp", 0.0)
+
+    monkeypatch.setattr(complete, "decide", proved)
+    assert run_cli(model, path)[0] == 0
+    res = CliRunner().invoke(cli, ["-q", "verify", str(model), "--certificate", str(path),
+                                   "--timeout", "5"])
+    assert res.exit_code == 0, res.stderr
+    assert asked == [300.0, 5.0]
+
+
 # -- the int8 certificate (vst verify MODEL.tflite --certificate F): the same rules ----
 
 EPS8 = 0.02

@@ -123,7 +123,7 @@ def load_certificate(path: Path, any_format: bool = False) -> dict:
 
 
 def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
-                      alpha_tol: float = ALPHA_TOL) -> str:
+                      alpha_tol: float = ALPHA_TOL, max_timeout: float | None = None) -> str:
     """Raise ``GateFailed`` unless ``cert`` belongs to ``model`` and every claim re-checks.
 
     Structure that depends on the model and data (indices, labels, number of
@@ -133,7 +133,10 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
     CROWN then alpha-CROWN) proves it, and no claimed margin is higher than
     that bound plus ``tol * (1 + |bound|)`` (``alpha_tol`` for alpha-CROWN,
     whose optimization ends a little differently in other batches); a lower
-    claimed margin is still a true lower bound. Returns a one-line summary.
+    claimed margin is still a true lower bound. A complete-verification claim
+    is proved again within ``max_timeout`` seconds at most (default
+    ``complete.RECHECK_TIMEOUT``; the certificate's recorded time only lowers
+    it). Returns a one-line summary.
     """
     import torch
 
@@ -158,7 +161,7 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
     bounder = Bounder(module, dataset.input_shape)
     x_all, y_all = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     checker = _Checker(source, module, bounder, x_all, y_all, tol, alpha_tol,
-                       cert.get("shard"))
+                       cert.get("shard"), max_timeout)
     for r, res in enumerate(cert["results"]):
         checker.check_result(r, res)
     c = checker.counted
@@ -171,8 +174,12 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
 
 
 class _Checker:
-    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol, shard=None):
+    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol, shard=None,
+                 max_timeout=None):
+        from toolchain.verify.complete import RECHECK_TIMEOUT
+
         self.source, self.module, self.bounder = source, module, bounder
+        self.max_timeout = RECHECK_TIMEOUT if max_timeout is None else max_timeout
         self.shard = shard      # a shard certificate: its samples are exactly its slice
         self.x_all, self.y_all, self.tol, self.alpha_tol = x_all, y_all, tol, alpha_tol
         self.k = bounder.num_classes
@@ -371,7 +378,8 @@ class _Checker:
     def _complete_claims(self, samples, eps, claims, failures) -> None:
         """A claim of complete verification (milp / bab) holds when the complete
         procedure, run again, proves it (within 3x its recorded time, at least
-        the default timeout): no bound can, so the proof is redone."""
+        the default timeout, at most the checker's ``max_timeout``): no bound
+        can, so the proof is redone."""
         import torch
 
         from toolchain.verify.complete import classification_spec, decide
@@ -381,7 +389,8 @@ class _Checker:
         for k in claims:
             s = samples[k]
             x = self.x_all[s["index"]]
-            timeout = max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0)))
+            timeout = min(max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0))),
+                          self.max_timeout)
             d = decide(self.module, shape, torch.clamp(x - eps, min=0.0).numpy(),
                        torch.clamp(x + eps, max=1.0).numpy(),
                        classification_spec(s["label"], self.k), timeout=timeout, cheap=False)
