@@ -31,8 +31,10 @@ from toolchain.stage_memo import Stages, stage_key as _key
 NAME = "model"          # C identifier of the generated model: vst_model_infer()
 GOLDEN = 8              # golden vectors for the on-target self-test
 LOCK_FILE = ".vst-build.lock"
-# What the build writes into its folder (besides the memo and the lock).
-OUTPUTS = ("train", "certificate_sparse.json", "compact.vst", "certificate.json", "export",
+# What the build writes into its folder (besides the memo and the lock): files,
+# and folders it replaces (checked against the inputs before work starts).
+OUTPUTS = ("train/model.vst", "train/checkpoint.safetensors", "train/training.png",
+           "certificate_sparse.json", "compact.vst", "certificate.json", "export",
            "certificate_int8.json", "bench", "plots", "summary.json", "report.md",
            "report.html")
 

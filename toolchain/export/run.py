@@ -70,6 +70,24 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def export_outputs(out_dir, formats, name: str = "model") -> list[Path]:
+    """What ``run_exports`` writes into ``out_dir`` for ``formats`` (files, and
+    folders it replaces as a whole): checked against the inputs before work."""
+    from toolchain.export.vnnlib import INSTANCES, PROPERTY_DIR
+
+    out_dir, formats = Path(out_dir), set(formats)
+    paths = []
+    if formats & {"onnx", "vnnlib"}:
+        paths.append(out_dir / f"{name}.onnx")
+    if "vnnlib" in formats:
+        paths += [out_dir / PROPERTY_DIR, out_dir / INSTANCES]
+    if formats & {"tflite", "c"}:
+        paths += [out_dir / f"{name}_float.tflite", out_dir / f"{name}_int8.tflite"]
+    if "c" in formats:
+        paths.append(out_dir / "c")
+    return paths
+
+
 def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, golden,
          verified_acc, kernels) -> dict:
     """The exports into ``out_dir`` (the staging folder); paths in the result are
