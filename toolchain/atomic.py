@@ -82,9 +82,9 @@ def check_outputs(inputs, outputs) -> None:
     output: before any work starts, so nothing is lost.
 
     ``inputs`` and ``outputs`` map what the user calls each path (``MODEL``,
-    ``--json``) to the path (``None``: not given): dicts, or lists of pairs. Paths compare as the files
-    they name: symlinks resolved, ``./x`` is ``x``, and existing files by
-    device and inode (a hard link). An output may be a folder the command
+    ``--json``) to the path (``None``: not given): dicts, or lists of pairs.
+    Paths compare as the files they name: symlinks resolved, ``./x`` is
+    ``x``, and existing files by device and inode (a hard link). An output may be a folder the command
     replaces as a whole (``export/c``): every path below it counts as it.
 
     >>> check_outputs({"MODEL": "m.vst"}, {"--json": "./m.vst"})   # doctest: +SKIP
