@@ -83,8 +83,9 @@ def train_tiny(root):
 
 
 def resum(c):
-    """Make every summary of a certificate agree with its (edited) samples, as a
-    careful forger would (tests of the certificate check and of shard merging)."""
+    """Make every summary of a certificate (float or int8) agree with its (edited)
+    samples, as a careful forger would (tests of the certificate checks and of
+    shard merging)."""
     for r in c["results"]:
         ss, n = r["samples"], max(1, len(r["samples"]))
         r["n"] = len(ss)
@@ -92,9 +93,10 @@ def resum(c):
                        for v in ("verified", "falsified", "unknown")}
         by = {}
         for s in ss:
-            if s["verdict"] == "verified":
+            if s["verdict"] == "verified" and "method" in s:
                 by[s["method"]] = by.get(s["method"], 0) + 1
-        r["verified_by"] = by
+        if "verified_by" in r:
+            r["verified_by"] = by
         if "falsified_by" in r:
             fby = {}
             for s in ss:
@@ -102,9 +104,13 @@ def resum(c):
                     fby[s["method"]] = fby.get(s["method"], 0) + 1
             r["falsified_by"] = fby
         r["verified_acc"] = r["counts"]["verified"] / n
-        r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
-        r["clean_acc"] = 1.0 - sum(s["method"] == "clean" for s in ss) / n
-        r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
+        if "robust_acc_upper" in r:
+            r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
+        # misclassified: "clean" in a float certificate, every falsified one in int8
+        r["clean_acc"] = 1.0 - sum(s["verdict"] == "falsified"
+                                   and s.get("method", "clean") == "clean" for s in ss) / n
+        if "samples_per_second" in r:
+            r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
     return c
 
 

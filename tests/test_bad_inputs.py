@@ -56,6 +56,7 @@ def assert_clean_failure(tmp_path: Path, args, code: int = 2, allowed: Path | No
            if allowed is None or allowed not in (p, *p.parents)}
     new = {p for p in new if p != work}
     assert not new, f"files written outside the output folder: {sorted(new)[:3]}"
+    return stderr
 
 
 # ------------------------------------------------------------------ config
@@ -226,6 +227,54 @@ def test_unwritable_outputs_fail_before_work(tmp_path, which):
         assert_clean_failure(tmp_path, args)
 
 
+def _outputs_onto_inputs(t: Path) -> list:
+    """(args, what the line names) for outputs that are an input or each other."""
+    (t / "o" / "c").mkdir(parents=True)
+    inner = _model_file(t / "o" / "c")                         # o/c/m.vst
+    for name in ("a.json", "b.json", "d.npz", "export.json", "d_float.tflite"):
+        (t / name).write_text("{}")          # stand-ins: only their paths matter
+    (t / "link.vst").symlink_to(t / "m.vst")
+    for cfg in ("o/report.md", "o/model.vst"):                  # configs where outputs go
+        (t / cfg).write_text('[data]\ndataset = "nope.npz"\n')
+    m = "../m.vst"                                              # run() works in t/work
+    return [
+        (["verify", m, "--eps", "0.1", "--json", m], "--json ../m.vst would overwrite MODEL"),
+        (["verify", m, "--eps", "0.1", "--json", "./../m.vst"], "would overwrite MODEL"),
+        (["verify", m, "--eps", "0.1", "--json", t / "link.vst"], "would overwrite MODEL"),
+        (["verify", t / "link.vst", "--eps", "0.1", "--plot", m], "would overwrite MODEL"),
+        (["verify", m, "--eps", "0.1", "--json", "x.json", "--junit", "./x.json"],
+         "are the same file"),
+        (["verify", m, "--data", t / "d.npz", "--junit", t / "d.npz"], "would overwrite --data"),
+        (["verify", m, "--certificate", t / "a.json", "--json", t / "a.json"],
+         "would overwrite --certificate"),
+        (["compact", m, "--out", t / "m.vst"], "would overwrite MODEL"),
+        (["compact", m, "--out", "c.vst", "--json", "c.vst"], "are the same file"),
+        (["export", inner, "--out", t / "o", "--format", "c"], "would overwrite MODEL"),
+        (["export", m, "--out", t, "--format", "onnx", "--data", t / "export.json"],
+         "would overwrite --data"),
+        (["export", m, "--out", t, "--name", "d", "--data", t / "d_float.tflite"],
+         "would overwrite --data"),
+        (["certificate", "merge", t / "a.json", t / "b.json", "--out", t / "b.json"],
+         "would overwrite shard 2"),
+        (["build", "--config", t / "o" / "report.md", "--out", t / "o", "--no-bench"],
+         "would overwrite --config"),
+        (["train", "--config", t / "o" / "model.vst", "--out", t / "o"],
+         "would overwrite --config"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_an_output_never_overwrites_an_input(tmp_path, case):
+    """Refused before any work, whatever the spelling (./x, x, a symlink); the
+    input is untouched and nothing is written."""
+    _model_file(tmp_path)
+    args, needle = _outputs_onto_inputs(tmp_path)[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    stderr = assert_clean_failure(tmp_path, args)
+    assert needle in stderr, stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
     """ENOSPC in the middle of an atomic write: one line, exit 2, nothing left."""
     import errno
@@ -270,7 +319,8 @@ def test_bad_target_files(tmp_path, text):
 
 @pytest.mark.parametrize("args", [
     ["--eps", "inf"], ["--eps", "nan"], ["--eps", "0.1,abc"], ["--eps", ""],
-    ["--n", "-5"], ["--min-verified", "1.5"], ["--method", "magic"]],
+    ["--n", "-5"], ["--min-verified", "1.5"], ["--method", "magic"],
+    ["--c-source", "m_int8.c"]],      # the int8 C goes with a .tflite, not a .vst
     ids=lambda a: " ".join(a))
 def test_bad_verify_options(tmp_path, args):
     path = _model_file(tmp_path)

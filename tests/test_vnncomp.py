@@ -159,8 +159,82 @@ def test_undecided_result_files_are_one_word(tmp_path):
     inst = Instance(tmp_path / "a" / "net.onnx", tmp_path / "p.vnnlib", 10.0)
     for word in ("unsat", "unknown", "timeout"):
         assert result_text(Outcome(inst, word, "none", 1.0)) == word + "\n"
-    twin = Instance(tmp_path / "b" / "net.onnx", tmp_path / "q" / "p.vnnlib", 10.0)
-    assert result_names([inst, twin, inst]) == ["net__p.txt", "net__p__2.txt", "net__p__3.txt"]
+
+
+def test_result_names_are_unique_per_instance_and_deterministic(tmp_path):
+    """Same base names in other folders, the same instance twice, a stem that looks
+    like a numbered twin, names that differ only in case: one file each."""
+    from toolchain.verify.vnncomp import Instance
+    from toolchain.verify.vnncomp_results import result_names
+
+    inst = lambda m, p: Instance(tmp_path / m, tmp_path / p, 10.0)  # noqa: E731
+    plan = [inst("a/net.onnx", "a/p.vnnlib"), inst("b/net.onnx", "b/p.vnnlib"),
+            inst("net.onnx", "p__2.vnnlib"), inst("a/net.onnx", "a/p.vnnlib"),
+            inst("NET.onnx", "P.vnnlib"), inst("net.onnx", "other.vnnlib")]
+    names = result_names(plan)
+    assert len({n.casefold() for n in names}) == len(plan)
+    assert names == result_names(list(plan))                       # the same every run
+    assert names[2] == "net__p__2.txt" and names[5] == "net__other.txt"  # unique: kept plain
+    assert all(re.fullmatch(r"(net|NET)__(p|P)__[0-9a-f]{8}\.txt", n)
+               for n in names[:2] + names[3:5]), names
+
+
+def test_results_csv_quotes_names_with_commas(exported, tmp_path):
+    import csv
+
+    root, _ = exported
+    odd = tmp_path / 'net,"1".onnx'
+    odd.write_bytes((root / "exp" / "model.onnx").read_bytes())
+    prop = tmp_path / "p,1.vnnlib"
+    prop.write_text((root / "exp" / "vnnlib" / "prop_0.vnnlib").read_text())
+    res = vst("verify", odd, "--vnnlib", prop, "--method", "crown", "--results", tmp_path / "r")
+    assert res.exit_code in (0, 1), res.stderr
+    rows = list(csv.reader((tmp_path / "r" / "results.csv").open(newline="")))
+    assert len(rows) == 1 and len(rows[0]) == 6, rows
+    network, prop_name, result, _, _, name = rows[0]
+    assert network == str(odd) and prop_name == str(prop)
+    assert (tmp_path / "r" / name).read_text().splitlines()[0] == result
+
+
+def test_ctrl_c_writes_results_csv_for_the_instances_done(exported, tmp_path, monkeypatch):
+    from toolchain.verify import vnncomp
+
+    root, _ = exported
+    real, calls = vnncomp._bounds_then_attack, []
+
+    def interrupted_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vnncomp, "_bounds_then_attack", interrupted_third)
+    out = tmp_path / "r"
+    res = vst("verify", "--vnnlib", root / "exp" / "instances.csv", "--method", "crown",
+              "--results", out, "--n", 5)
+    assert res.exit_code == 130, res.stderr
+    rows = (out / "results.csv").read_text().splitlines()
+    assert [r.split(",")[-1] for r in rows] == ["model__prop_0.txt", "model__prop_1.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["model__prop_0.txt", "model__prop_1.txt",
+                                                      "results.csv"]
+
+
+def test_outputs_that_are_inputs_or_each_other_are_refused_first(exported, tmp_path):
+    root, _ = exported
+    csv_path = root / "exp" / "instances.csv"
+    prop = root / "exp" / "vnnlib" / "prop_1.vnnlib"
+    before = prop.read_text()
+    (tmp_path / "link.vnnlib").symlink_to(prop)
+    for args, needle in (
+            (["--json", tmp_path / "r" / "results.csv", "--results", tmp_path / "r"],
+             "are the same file"),
+            (["--json", tmp_path / "r" / "model__prop_0.txt", "--results", tmp_path / "r"],
+             "are the same file"),
+            (["--json", tmp_path / "link.vnnlib"], "would overwrite the property of instance 2"),
+            (["--json", csv_path], "would overwrite --vnnlib")):
+        res = vst("verify", "--vnnlib", csv_path, "--n", 3, "--method", "crown", *args)
+        assert_one_line(res.exit_code, res.stderr, 2, needle)
+    assert prop.read_text() == before and not (tmp_path / "r").exists()
 
 
 def _robust(model, x):
@@ -231,6 +305,37 @@ def test_certificate_check_accepts_good_and_rejects_tampered(exported, tmp_path)
     assert_one_line(res.exit_code, res.stderr, 1, "vnnlib_sha256")
     res = vst("verify", root / "run" / "model.vst", "--certificate", cert)
     assert_one_line(res.exit_code, res.stderr, 2, "certificate check")
+
+
+def test_the_checker_not_the_certificate_bounds_the_re_check_time(exported, tmp_path,
+                                                                   monkeypatch):
+    """A claimed proof with ``timeout: 1e12`` is redone within the checker's limit
+    (300 s, or --timeout); not proved again in that time is exit 1."""
+    from toolchain.verify import complete
+
+    root, _ = exported
+    cert = tmp_path / "c.json"
+    assert vst("verify", "--vnnlib", root / "exp" / "instances.csv", "--json", cert,
+               "--n", 6).exit_code == 0
+    c = json.loads(cert.read_text())
+    e = next(e for e in c["instances"] if e["verdict"] == "verified")
+    e.update(procedure="milp", timeout=1e12)        # no bound is tried: the proof is redone
+    cert.write_text(json.dumps(c))
+    asked = []
+
+    def out_of_time(*args, timeout, **kwargs):
+        asked.append(timeout)
+        return complete.Decision("unknown", "none", timeout, reason=f"timeout after "
+                                 f"{timeout:.0f} s: disjunct 1 of 9 open")
+
+    monkeypatch.setattr(complete, "decide", out_of_time)
+    res = vst("certificate", "check", cert)
+    assert_one_line(res.exit_code, res.stderr, 1, "not proved again within 300 s")
+    res = vst("certificate", "check", cert, "--timeout", 2)
+    assert_one_line(res.exit_code, res.stderr, 1, "not proved again within 2 s")
+    assert asked == [300.0, 2.0]
+    res = vst("certificate", "check", cert, "--timeout", "inf")
+    assert_one_line(res.exit_code, res.stderr, 2, "--timeout")
 
 
 # ------------------------------------------------------------------ unit-dimension ONNX

@@ -75,3 +75,49 @@ def check_writable(path: str | os.PathLike, *, directory: bool = False) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise VstError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_outputs(inputs, outputs) -> None:
+    """Refuse now, with one line, an output that would overwrite an input or another
+    output: before any work starts, so nothing is lost.
+
+    ``inputs`` and ``outputs`` map what the user calls each path (``MODEL``,
+    ``--json``) to the path (``None``: not given): dicts, or lists of pairs.
+    Paths compare as the files they name: symlinks resolved, ``./x`` is
+    ``x``, and existing files by device and inode (a hard link). An output may be a folder the command
+    replaces as a whole (``export/c``): every path below it counts as it.
+
+    >>> check_outputs({"MODEL": "m.vst"}, {"--json": "./m.vst"})   # doctest: +SKIP
+    VstError: --json ./m.vst would overwrite MODEL (m.vst); choose another path
+    """
+    from toolchain.errors import VstError
+
+    pairs = lambda d: d.items() if isinstance(d, dict) else d  # noqa: E731
+    ins = [(name, Path(p), _real(p)) for name, p in pairs(inputs) if p is not None]
+    outs = [(name, Path(p), _real(p)) for name, p in pairs(outputs) if p is not None]
+    for k, (name, path, real) in enumerate(outs):
+        for in_name, in_path, in_real in ins:
+            if _covers(real, in_real) or _same_file(path, in_path):
+                raise VstError(f"{name} {path} would overwrite {in_name} ({in_path}); "
+                               "choose another path")
+        for other, other_path, other_real in outs[:k]:
+            if _covers(real, other_real) or _covers(other_real, real) or \
+                    _same_file(path, other_path):
+                raise VstError(f"{other} {other_path} and {name} {path} are the same file; "
+                               "each would overwrite the other")
+
+
+def _real(path) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _covers(out: Path, other: Path) -> bool:
+    """``other`` is ``out`` or lies inside it."""
+    return other == out or out in other.parents
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:             # one of them does not exist (yet)
+        return False

@@ -3,72 +3,41 @@
     train -> verify -> compact -> re-verify -> export -> verify int8 -> bench -> report
 
 Each stage has a key (a hash of what it reads: config section, input model
-hash, target). ``BUILD_DIR/.vst-stages.json`` remembers each stage's key and
-result; a stage whose key and outputs are unchanged is not run again.
+hash, target) and writes artifacts; ``BUILD_DIR/.vst-stages.json``
+(``stage_memo.Stages``) remembers each stage's key and its artifacts' hashes.
+A stage whose key and artifacts are unchanged is not run again. Either way
+its numbers are read back from its artifacts (``_read_*``: the model file,
+the certificate, ``export.json``, ``bench.json``), never from the memo.
+Export subsets work: what a format did not produce is null in the summary
+and the stages that need it are skipped; combinations that cannot work
+(a bench without C, an int8 gate without a .tflite) are refused before
+anything runs (``check_plan``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from toolchain import __version__
 from toolchain.atomic import write_text
+from toolchain.build_summary import gates, ibp_sweep, make_summary
 from toolchain.config import Config
 from toolchain.errors import GateFailed, VstError
+from toolchain.stage_memo import Stages, stage_key as _key
 
-log = logging.getLogger("vst.build")
 NAME = "model"          # C identifier of the generated model: vst_model_infer()
 GOLDEN = 8              # golden vectors for the on-target self-test
 LOCK_FILE = ".vst-build.lock"
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class Stages:
-    """The stage memo in ``BUILD_DIR/.vst-stages.json``."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / ".vst-stages.json"
-        try:
-            self.memo = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (OSError, json.JSONDecodeError):
-            self.memo = {}
-        self.ran: list[str] = []
-        self.skipped: list[str] = []
-
-    def run(self, stage: str, key: str, outputs: list[Path], fn):
-        entry = self.memo.get(stage)
-        if entry and entry["key"] == key and all(p.exists() for p in outputs):
-            self.skipped.append(stage)
-            log.info("%s: inputs unchanged, skipped", stage)
-            return entry["result"]
-        start = time.perf_counter()
-        result = fn()
-        self.memo[stage] = {"key": key, "result": result, "seconds": time.perf_counter() - start,
-                            "at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        write_text(self.path, json.dumps(self.memo, indent=1, default=str))
-        self.ran.append(stage)
-        return result
-
-    def times(self) -> dict[str, dict]:
-        """Per stage of this build: seconds it took when it ran, when, and
-        whether this run reused it."""
-        return {s: {"seconds": self.memo[s].get("seconds"), "at": self.memo[s].get("at"),
-                    "reused": s in self.skipped} for s in self.ran + self.skipped}
-
-    def reused_text(self) -> str:
-        """E.g. "reused train (2026-12-02 05:00:12, 128 s), verify (...)"."""
-        parts = [f"{s} ({self.memo[s].get('at', '?')}, {self.memo[s].get('seconds') or 0:.0f} s)"
-                 for s in self.skipped]
-        return "reused " + ", ".join(parts) if parts else ""
+# What the build writes into its folder (besides the memo and the lock): files,
+# and folders it replaces (checked against the inputs before work starts).
+OUTPUTS = ("train/model.vst", "train/checkpoint.safetensors", "train/training.png",
+           "certificate_sparse.json", "compact.vst", "certificate.json", "export",
+           "certificate_int8.json", "bench", "plots", "summary.json", "report.md",
+           "report.html")
 
 
 @contextlib.contextmanager
@@ -96,10 +65,28 @@ def build(cfg: Config, out: Path, *, target_name: str | None = None, bench: bool
     """Run the pipeline into ``out``; return the summary (also ``out/summary.json``).
 
     Raises ``GateFailed`` after writing everything when a gate of ``cfg.gates``
-    fails (exit 1); ``VstError`` when another build holds ``out``.
+    fails (exit 1); ``VstError`` when another build holds ``out`` or the
+    config asks for what its exports cannot give (before anything runs).
     """
+    check_plan(cfg, cfg.target.bench if bench is None else bench)
     with build_lock(Path(out)):
         return _build(cfg, Path(out), target_name, bench, show_progress)
+
+
+def check_plan(cfg: Config, bench: bool) -> None:
+    """Refuse, with one line, a config whose stages cannot all run on its exports."""
+    formats = set(cfg.export.formats)
+    if not formats:
+        raise VstError('config: export.formats is empty; name at least one of "onnx", '
+                       '"vnnlib", "tflite", "c"')
+    if bench and "c" not in formats:
+        raise VstError('the target bench runs the generated C: add "c" to [export] formats, '
+                       "or set [target] bench = false (or pass --no-bench)")
+    if not formats & {"tflite", "c"}:        # no int8 .tflite: no int8 numbers to gate on
+        for gate in ("min_int8_verified", "min_int8_agreement"):
+            if getattr(cfg.gates, gate) > 0:
+                raise VstError(f"[gates] {gate} needs the int8 .tflite: add \"tflite\" to "
+                               "[export] formats, or set the gate to 0")
 
 
 def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
@@ -120,61 +107,74 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     model_path = out / "train" / "model.vst"
     train_res = stages.run("train", _key(__version__, data.sha256(), cfg.data, cfg.model,
                                          cfg.sparsity, cfg.train, cfg.verify.eps),
-                           [model_path], lambda: _train(cfg, out / "train", show_progress))
+                           [model_path], lambda: _train(cfg, out / "train", show_progress),
+                           lambda: _read_train(model_path))
     model = load_model(model_path)
     progress.say(f"trained: density {train_res['density']:.3f}, {train_res['seconds']:.0f} s")
 
+    sparse_cert = out / "certificate_sparse.json"
     verify_res = stages.run("verify", _key(model.weights_hash(), cfg.verify, data.sha256()),
-                            [out / "certificate_sparse.json"],
-                            lambda: _verify(model, data, cfg, out / "certificate_sparse.json",
-                                            show_progress))
+                            [sparse_cert],
+                            lambda: _verify(model, data, cfg, sparse_cert, show_progress),
+                            lambda: _read_certificate(sparse_cert, model, data))
     progress.say(f"verified (sparse): {verify_res['verified_acc']:.1%} at eps={cfg.verify.eps}")
 
     compact_path = out / "compact.vst"
     compact_res = stages.run("compact", _key(__version__, model.weights_hash(), data.sha256()),
-                             [compact_path], lambda: _compact(model, data, compact_path))
+                             [compact_path], lambda: _compact(model, data, compact_path),
+                             lambda: _read_compact(model, compact_path))
     small = load_model(compact_path)
+    cert_path = out / "certificate.json"
     reverify_res = stages.run("reverify", _key(small.weights_hash(), cfg.verify, data.sha256()),
-                              [out / "certificate.json"],
-                              lambda: _verify(small, data, cfg, out / "certificate.json",
-                                              show_progress))
+                              [cert_path],
+                              lambda: _verify(small, data, cfg, cert_path, show_progress),
+                              lambda: _read_certificate(cert_path, small, data))
     progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
+    export_dir = out / "export"
     export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
                                            cfg.verify.eps, data.sha256(), target.int8_kernels),
-                            [out / "export" / f"{NAME}.onnx"],
-                            lambda: _export(small, data, cfg, out / "export", reverify_res,
-                                            target.int8_kernels))
-    progress.say(f"exported: ONNX diff {export_res['onnx_max_abs_diff']:.1e}, int8 agreement "
-                 f"{export_res['tflite_int8_agreement']:.1%}")
+                            [export_dir],
+                            lambda: _export(small, data, cfg, export_dir, reverify_res,
+                                            target.int8_kernels),
+                            lambda: _read_json(export_dir / "export.json"))
+    shown = [f"{what} {export_res[k]:{fmt}}" for what, k, fmt in (
+        ("ONNX diff", "onnx_max_abs_diff", ".1e"),
+        ("int8 agreement", "tflite_int8_agreement", ".1%")) if export_res.get(k) is not None]
+    progress.say("exported " + ", ".join(cfg.export.formats)
+                 + (": " + ", ".join(shown) if shown else ""))
 
     int8_res = None
+    int8_cert = out / "certificate_int8.json"
     if export_res.get("tflite_int8"):
         tflite = out / export_res["tflite_int8"]
         from toolchain.verify.int8_bounds import sha256_file
         int8_res = stages.run("verify_int8", _key(__version__, sha256_file(tflite), cfg.verify.eps,
                                                   cfg.verify.n, data.sha256()),
-                              [out / "certificate_int8.json"],
-                              lambda: _verify_int8(tflite, data, cfg, out))
+                              [int8_cert], lambda: _verify_int8(tflite, data, cfg, out),
+                              lambda: _read_int8_certificate(int8_cert, tflite, data))
         progress.say(f"verified (int8, as flashed): {int8_res['verified_acc']:.1%} "
                      f"at eps={cfg.verify.eps}")
+    elif int8_cert.exists():         # an earlier build's, for a .tflite no longer exported
+        int8_cert.unlink()
 
     bench_res = None
     if not bench:
         progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
                      "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
+        bench_dir = out / "bench" / target.name
         bench_res = stages.run("bench", _key(__version__, small.weights_hash(), asdict(target)),
-                               [out / "bench" / target.name / "bench.json"],
-                               lambda: _bench(out, target))
-    summary = _summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
-                       export_res, bench_res, time.perf_counter() - t0, stages)
+                               [bench_dir], lambda: _bench(out, target),
+                               lambda: _read_json(bench_dir / "bench.json"))
+    summary = make_summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
+                           export_res, bench_res, time.perf_counter() - t0, stages)
     summary["verify"]["int8_verified_acc"] = int8_res["verified_acc"] if int8_res else None
     if int8_res:
         summary["artifacts"]["certificate_int8"] = "certificate_int8.json"
-    summary["ibp_sweep"] = _ibp_sweep(small, data, cfg.verify.eps)
-    failed = _gates(cfg, summary)
+    summary["ibp_sweep"] = ibp_sweep(small, data, cfg.verify.eps)
+    failed = gates(cfg, summary)
     summary["gates"] = {"passed": not failed, "failed": failed,
                         "text": "; ".join(failed) if failed else "all passed"}
     if stages.skipped:
@@ -184,8 +184,7 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     summary["stages"]["reused"] = stages.reused_text()
     # the build's cost: what the reused stages took when they ran, plus this run
     summary["run_seconds"] = run_seconds
-    summary["seconds"] = run_seconds + sum(stages.memo[s].get("seconds") or 0
-                                           for s in stages.skipped)
+    summary["seconds"] = run_seconds + sum(stages.seconds(s) for s in stages.skipped)
     from toolchain.report import write_reports
     write_reports(out, summary)
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
@@ -204,20 +203,27 @@ class _Progress:
             console(stderr=True).print(f"[bold]vst build[/bold] {text}")
 
 
-def _train(cfg, out_dir: Path, show_progress: bool) -> dict:
+def _train(cfg, out_dir: Path, show_progress: bool) -> None:
     from toolchain.train.trainer import train
 
-    model = train(cfg, out_dir, show_progress=show_progress)
-    last = model.record["epochs"][-1]
-    return {"seconds": model.record["train_seconds"], "epochs": len(model.record["epochs"]),
-            "clean_acc": last["val_clean_acc"], "density": model.record["density"],
-            "mode": model.record["mode"], "device": model.record.get("device", "cpu"),
-            "method": model.record.get("method"), "threads": model.record.get("threads"),
-            "cpus": model.record.get("cpus")}
+    train(cfg, out_dir, show_progress=show_progress)
 
 
-def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
-    """Verify at the config's eps, write the certificate to ``path``, return its numbers."""
+def _read_train(model_path: Path) -> dict:
+    """The training numbers, from the record in the model file."""
+    from toolchain.models.modelfile import load_model
+
+    record = load_model(model_path).record
+    last = record["epochs"][-1]
+    return {"seconds": record["train_seconds"], "epochs": len(record["epochs"]),
+            "clean_acc": last["val_clean_acc"], "density": record["density"],
+            "mode": record["mode"], "device": record.get("device", "cpu"),
+            "method": record.get("method"), "threads": record.get("threads"),
+            "cpus": record.get("cpus")}
+
+
+def _verify(model, data, cfg, path: Path, show_progress: bool) -> None:
+    """Verify at the config's eps and write the certificate to ``path``."""
     from toolchain.device import resolve_device
     from toolchain.verify import verify_model
     from toolchain.verify.certificate import build_certificate, save_certificate
@@ -229,39 +235,78 @@ def _verify(model, data, cfg, path: Path, show_progress: bool) -> dict:
     cert = build_certificate(model, data, result)
     cert["versions"]["device"] = device.type
     save_certificate(path, cert)
+
+
+def _read_certificate(path: Path, model, data) -> dict:
+    """The verification numbers, from the certificate (it must name this model and data)."""
+    from toolchain.verify.certificate import load_certificate
+
+    cert = load_certificate(path)
+    if cert["model"]["weights_sha256"] != model.weights_hash() or \
+            cert["dataset"]["sha256"] != data.sha256() or len(cert["results"]) != 1:
+        raise VstError(f"{path} speaks about another model or data")
     res = cert["results"][0]
     return {k: res[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
                                 "robust_acc_upper", "samples_per_second")} | {
-        "verdicts": [s["verdict"] for s in res["samples"]], "device": device.type}
+        "verdicts": [s["verdict"] for s in res["samples"]],
+        "device": cert["versions"].get("device", "cpu")}
 
 
-def _compact(model, data, path: Path) -> dict:
+def _compact(model, data, path: Path) -> None:
     import torch
 
     from toolchain.compact import compact, max_abs_diff
     from toolchain.models.modelfile import save_model
 
-    small, report = compact(model)
-    diff = max_abs_diff(model, small, torch.from_numpy(data.x_test))
-    small.record["compaction"]["max_abs_diff"] = diff
+    small, _ = compact(model)
+    small.record["compaction"]["max_abs_diff"] = max_abs_diff(model, small,
+                                                              torch.from_numpy(data.x_test))
     save_model(path, small)
-    b, a = report["before"], report["after"]
+
+
+def _read_compact(model, path: Path) -> dict:
+    """The compaction numbers, from the compacted model (its layers and its record)."""
+    import math
+
+    from toolchain.compact import layer_table, totals
+    from toolchain.models.modelfile import load_model
+
+    small = load_model(path)
+    if small.record.get("compacted_from") != model.weights_hash():
+        raise VstError(f"{path} was not compacted from this model")
+    diff = small.record["compaction"]["max_abs_diff"]
+    if not (isinstance(diff, float) and math.isfinite(diff) and diff >= 0):
+        raise VstError(f"{path}: compaction.max_abs_diff is not a number >= 0")
+    before, after = layer_table(model.network, model.state), layer_table(small.network,
+                                                                         small.state)
+    b, a = totals(before), totals(after)
+    mode = model.record.get("mode", "dense")
     return {"params_before": b["params"], "params_after": a["params"], "macs_before": b["macs"],
             "macs_after": a["macs"], "nonzero_after": a["nonzero"], "max_abs_diff": diff,
             "bytes_before": b["bytes_float32"], "bytes_after": a["bytes_float32"],
-            "layers_before": report["layers_before"], "layers_after": report["layers_after"],
-            "note": report["note"]}
+            "layers_before": before, "layers_after": after,
+            "note": ("unstructured sparsity cannot be removed physically; it is kept as zeros "
+                     "and left to sparse storage at export") if mode == "unstructured" else ""}
 
 
-def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> dict:
+def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> None:
+    """The config's formats into ``out`` (nothing else stays there) and ``export.json``."""
     from toolchain.export.run import run_exports
 
-    return run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
-                       eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
-                       verified_acc=reverify["verified_acc"], kernels=kernels)
+    res = run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
+                      eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
+                      verified_acc=reverify["verified_acc"], kernels=kernels, exclusive=True)
+    write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
 
 
-def _verify_int8(tflite: Path, data, cfg, out: Path) -> dict:
+def _read_json(path: Path) -> dict:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise VstError(f"{path}: not a JSON object")
+    return value
+
+
+def _verify_int8(tflite: Path, data, cfg, out: Path) -> None:
     """Bound the flashed int8 network in its own arithmetic; certificate_int8.json."""
     from toolchain.verify.int8_bounds import Int8Bounds
     from toolchain.verify.int8_certificate import (build_int8_certificate,
@@ -273,91 +318,26 @@ def _verify_int8(tflite: Path, data, cfg, out: Path) -> dict:
     c_source = out / "export" / "c" / f"{NAME}_int8.c"
     cert = build_int8_certificate(tflite, data, [res], c_source if c_source.is_file() else None)
     save_int8_certificate(out / "certificate_int8.json", cert)
+
+
+def _read_int8_certificate(path: Path, tflite: Path, data) -> dict:
+    """The int8 numbers, from the int8 certificate (it must name this .tflite and data)."""
+    from toolchain.verify.certificate import load_certificate
+    from toolchain.verify.int8_bounds import sha256_file
+
+    cert = load_certificate(path, any_format=True)
+    if cert.get("format") != "vst-certificate-int8" or len(cert["results"]) != 1 or \
+            cert["tflite"]["sha256"] != sha256_file(tflite) or \
+            cert["dataset"]["sha256"] != data.sha256():
+        raise VstError(f"{path} speaks about another .tflite or data")
+    res = cert["results"][0]
     return {k: res[k] for k in ("eps", "n", "verified_acc", "clean_acc", "counts", "seconds")}
 
 
-def _bench(out: Path, target) -> dict:
+def _bench(out: Path, target) -> None:
     from toolchain.bench import bench_model
 
-    return bench_model(out / "export" / "c", NAME, target, out / "bench" / target.name)
-
-
-def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict:
-    from toolchain.versions import versions
-
-    variant = (be or {}).get("int8") or (be or {}).get("float") or {}
-    same = ve["verdicts"] == rv["verdicts"]
-    return {
-        "dataset": data.name, "model": cfg.model.arch, "eps": cfg.verify.eps,
-        "sparsity": {"method": cfg.sparsity.method, "mode": tr["mode"], "density": tr["density"],
-                     "params_total": co["params_before"], "params_nonzero": co["nonzero_after"]},
-        "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"],
-                  "device": tr.get("device", "cpu"), "threads": tr.get("threads"),
-                  "cpus": tr.get("cpus")},
-        "verify": {k: ve[k] for k in ("method", "eps", "n", "clean_acc", "verified_acc",
-                                      "robust_acc_upper")} | {"device": ve.get("device", "cpu")},
-        "compact": {"params_before": co["params_before"], "params_after": co["params_after"],
-                    "macs_before": co["macs_before"], "macs_after": co["macs_after"],
-                    "max_abs_diff": co["max_abs_diff"], "verified_acc": rv["verified_acc"],
-                    "verdicts_identical": same},
-        "export": {k: ex.get(k) for k in ("onnx", "tflite_float", "tflite_int8", "c_dir",
-                                          "vnnlib_dir", "onnx_max_abs_diff",
-                                          "tflite_float_max_abs_diff", "tflite_int8_agreement",
-                                          "int8_acc", "float_acc", "sizes", "c",
-                                          "litert_vs_tflm_int8")},
-        # Sizes and counts of the deployable variant (int8 when built); parity of
-        # each variant against the host running the same arithmetic.
-        "target": {"name": target.name, "variant": variant.get("variant"),
-                   "flash_bytes": variant.get("flash_bytes"), "ram_bytes": variant.get("ram_bytes"),
-                   "instructions_per_inference": variant.get("instructions_per_inference"),
-                   "parity_max_abs_diff": ((be or {}).get("float") or {}).get("parity_max_abs_diff"),
-                   "int8_parity_max_steps": ((be or {}).get("int8") or {}).get("int8_max_abs_diff_q"),
-                   "top1_agreement": min((v["top1_agreement"] for v in (be or {}).values()
-                                          if isinstance(v, dict)), default=None),
-                   "fits": variant.get("fits"),
-                   "flash_budget": target.flash_budget, "ram_budget": target.ram_budget,
-                   "benched": be is not None, "variants": be},
-        "artifacts": {"model": "train/model.vst", "compact_model": "compact.vst",
-                      "certificate": "certificate.json", "report": "report.html",
-                      "summary_md": "report.md", "export": "export"},
-        "stages": {"ran": stages.ran, "skipped": stages.skipped},
-        "compact_layers": {"before": co["layers_before"], "after": co["layers_after"]},
-        "seconds": seconds, "config": cfg.to_dict(), "versions": versions(),
-    }
-
-
-def _ibp_sweep(model, data, eps: float) -> list[dict]:
-    """IBP-verified accuracy at a few eps around the test eps (cheap: one pass each)."""
-    import torch
-
-    from toolchain.lirpa.bounds import Bounder
-
-    module = model.torch_module().eval()
-    bounder = Bounder(module, data.input_shape)
-    x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    return [{"eps": f * eps, "verified_acc": bounder.count_verified(x, y, f * eps) / len(x)}
-            for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)]
-
-
-def _gates(cfg, summary: dict) -> list[str]:
-    g, failed = cfg.gates, []
-    if not summary["compact"]["verdicts_identical"]:
-        failed.append("compaction changed a verification verdict")
-    v = summary["compact"]["verified_acc"]
-    if v < g.min_verified:
-        failed.append(f"verified {v:.1%} < required {g.min_verified:.1%} at eps={summary['eps']:g}")
-    v8 = summary["verify"].get("int8_verified_acc")
-    if v8 is not None and v8 < g.min_int8_verified:
-        failed.append(f"int8 verified {v8:.1%} < required {g.min_int8_verified:.1%} "
-                      f"at eps={summary['eps']:g}")
-    agree = summary["export"].get("tflite_int8_agreement")
-    if agree is not None and agree < g.min_int8_agreement:
-        failed.append(f"int8 agreement {agree:.1%} < required {g.min_int8_agreement:.1%}")
-    t = summary["target"]
-    if g.fit_target and t["benched"] and t["fits"] is False:
-        failed.append(f"model needs flash {t['flash_bytes']} B / RAM {t['ram_bytes']} B, "
-                      f"{t['name']} has {t['flash_budget']} B / {t['ram_budget']} B")
-    return failed
+    bench_model(out / "export" / "c", NAME, target, out / "bench" / target.name)
 
 
 def check_out_dir(out: Path) -> None:

@@ -137,8 +137,10 @@ def train(ctx, config_path, out, resume, device) -> None:
     """
     from dataclasses import replace
 
-    from toolchain.atomic import check_writable
+    from toolchain.atomic import check_outputs, check_writable
+    from toolchain.cli_verify import data_file
     from toolchain.device import resolve_device
+    from toolchain.train.checkpoint import CHECKPOINT
     from toolchain.train.distributed import World
     from toolchain.train.loop import MODEL_FILE
     from toolchain.train.trainer import train as run_training
@@ -147,6 +149,9 @@ def train(ctx, config_path, out, resume, device) -> None:
     if device is not None:
         cfg.train = replace(cfg.train, device=device)
     resolve_device(cfg.train.device)                  # "cuda" without CUDA: exit 2 now
+    check_outputs({"--config": _config_path(config_path),
+                   "the config's data": data_file(cfg.data.dataset)},
+                  [("--out", out / name) for name in (MODEL_FILE, CHECKPOINT, "training.png")])
     check_writable(out, directory=True)
     model = run_training(cfg, out, resume=resume, show_progress=not ctx.obj["quiet"])
     if not World.from_env().main:
@@ -157,13 +162,18 @@ def train(ctx, config_path, out, resume, device) -> None:
                f"at eps={cfg.verify.eps} (validation), {model.record['train_seconds']:.0f} s")
 
 
+def _config_path(given: Path | None) -> Path | None:
+    """--config, else ./vst.toml when it exists (as `vst init` leaves it), else None
+    (the built-in default)."""
+    return given if given is not None else (Path("vst.toml") if Path("vst.toml").is_file()
+                                            else None)
+
+
 def _load_config(given: Path | None, ctx):
-    """--config, else ./vst.toml when it exists (as `vst init` leaves it), else
-    the built-in default; once it has loaded, the first line says which."""
+    """The config of ``_config_path``; once it has loaded, the first line says which."""
     from toolchain.config import load_config
 
-    path = given if given is not None else (Path("vst.toml") if Path("vst.toml").is_file()
-                                            else None)
+    path = _config_path(given)
     cfg = load_config(path)
     if not ctx.obj["quiet"]:
         click.echo(f"vst: config {path if path is not None else '(built-in default)'}", err=True)
@@ -192,12 +202,15 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
 
     import torch
 
-    from toolchain.atomic import check_writable, write_text
+    from toolchain.atomic import check_outputs, check_writable, write_text
+    from toolchain.cli_verify import data_file
     from toolchain.compact import compact as run_compact, max_abs_diff
     from toolchain.display import table
     from toolchain.models.modelfile import load_model, save_model
     from toolchain.verify import resolve_dataset
 
+    check_outputs({"MODEL": model, "--data": data_file(data)},
+                  {"--out": out, "--json": json_path})
     for path in (out, json_path):
         if path is not None:
             check_writable(path)
@@ -244,9 +257,10 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     from toolchain.export.run import run_exports
     from toolchain.verify import default_eps, load_any_model, resolve_dataset
 
-    from toolchain.atomic import check_writable
+    from toolchain.atomic import check_outputs, check_writable
+    from toolchain.cli_verify import data_file
     from toolchain.export.c import check_name
-    from toolchain.export.run import FORMATS
+    from toolchain.export.run import FORMATS, export_outputs
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     if not fmts:
@@ -257,6 +271,9 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     if eps is not None and not (math.isfinite(eps) and eps >= 0):
         raise VstError(f"--eps must be a finite number >= 0, got {eps}")
     check_name(name)
+    check_outputs({"MODEL": model, "--data": data_file(data)},
+                  [("--out", p) for p in export_outputs(out, fmts, name)
+                   + [out / "export.json"]])
     check_writable(out, directory=True)
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
@@ -336,7 +353,10 @@ def build(ctx, config_path, target_name, out, no_bench, device) -> None:
     inputs did not change are skipped on the next run. Exit 1 when a gate of
     the config fails (after writing everything).
     """
-    from toolchain.build import build as run_build, check_out_dir
+    from toolchain.atomic import check_outputs
+    from toolchain.build import LOCK_FILE, OUTPUTS, build as run_build, check_out_dir
+    from toolchain.cli_verify import data_file
+    from toolchain.stage_memo import MEMO_FILE
     from toolchain.targets import load_target
 
     from dataclasses import replace
@@ -347,7 +367,12 @@ def build(ctx, config_path, target_name, out, no_bench, device) -> None:
     if device is not None:
         cfg.train, cfg.verify = replace(cfg.train, device=device), replace(cfg.verify, device=device)
     resolve_device(cfg.train.device), resolve_device(cfg.verify.device)   # exit 2 now
-    load_target(target_name or cfg.target.name)       # a bad target leaves no folder behind
+    target = target_name or cfg.target.name
+    load_target(target)                               # a bad target leaves no folder behind
+    check_outputs({"--config": _config_path(config_path),
+                   "the config's data": data_file(cfg.data.dataset),
+                   "--target": target if Path(target).is_file() else None},
+                  [("--out", out / name) for name in OUTPUTS + (MEMO_FILE, LOCK_FILE)])
     check_out_dir(out)
     summary = run_build(cfg, out, target_name=target_name, bench=False if no_bench else None,
                         show_progress=not ctx.obj["quiet"])

@@ -16,6 +16,11 @@ import click
 from toolchain.errors import GateFailed, VstError
 
 
+def data_file(data: str | None) -> Path | None:
+    """``--data`` as a path when it names a file or folder (else a built-in name)."""
+    return Path(data) if data and Path(data).exists() else None
+
+
 def _eps_list(text: str | None) -> list[float] | None:
     if text is None:
         return None
@@ -37,7 +42,8 @@ def _eps_list(text: str | None) -> list[float] | None:
               help="all: IBP, CROWN, alpha-CROWN, then complete verification (MILP) of "
                    "what is left; complete: that alone.")
 @click.option("--timeout", type=float,
-              help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60).")
+              help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60; "
+                   "with --certificate: the most one claim's re-proof may take, default 300).")
 @click.option("--n", type=int, default=0, help="First N test samples (0: all).")
 @click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (first eps).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -87,7 +93,7 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
                                               load_certificate, save_certificate)
     from toolchain.verify.reports import plot_results, print_table, write_junit
 
-    from toolchain.atomic import check_writable
+    from toolchain.atomic import check_outputs, check_writable
 
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
@@ -117,9 +123,15 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
                            "says which shard it is)")
         if model.suffix.lower() == ".tflite":
             raise VstError("--shard is not supported for an int8 .tflite")
+    check_outputs({"MODEL": model, "--data": data_file(data), "--certificate": cert_path,
+                   "--c-source": c_source},
+                  {"--json": json_path, "--junit": junit_path, "--plot": plot_path})
     for path in (json_path, junit_path, plot_path):
         if path is not None:
             check_writable(path)
+    if c_source is not None and model.suffix.lower() != ".tflite":
+        raise VstError("--c-source applies to an int8 .tflite (the generated int8 C it "
+                       f"was made from), not to {model.name}")
     if model.suffix.lower() == ".tflite":
         _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
         return
@@ -127,7 +139,7 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
     dataset = resolve_dataset(vst_model, data)
     if cert_path is not None:
         cert = load_certificate(cert_path)
-        click.echo(check_certificate(cert, vst_model, dataset))
+        click.echo(check_certificate(cert, vst_model, dataset, max_timeout=timeout))
         if min_verified is not None:      # the re-checked claims, gated like a fresh run
             _gate_certificate(cert, min_verified)
         return
@@ -179,7 +191,7 @@ def _verify_vnnlib(model, vnnlib, method, timeout, n, min_verified, json_path, c
     Every file is read and checked before anything runs; result files and the
     certificate are written atomically.
     """
-    from toolchain.atomic import check_writable
+    from toolchain.atomic import check_outputs, check_writable
     from toolchain.display import progress
     from toolchain.verify import vnncomp, vnncomp_results
     from toolchain.verify.property_certificate import (build_property_certificate,
@@ -198,12 +210,22 @@ def _verify_vnnlib(model, vnnlib, method, timeout, n, min_verified, json_path, c
     if n < 0:
         raise VstError(f"--n must be >= 0, got {n}")
     instances = vnncomp.plan_instances(vnnlib, model, timeout)[: n or None]
+    names = vnncomp_results.result_names(instances)
+    inputs = {"MODEL": model, "--vnnlib": vnnlib, "--certificate": cert_path}
+    for k, inst in enumerate(instances):
+        inputs |= {f"the network of instance {k + 1}": inst.model,
+                   f"the property of instance {k + 1}": inst.vnnlib}
+    outputs = [("--json", json_path)]
+    if results_dir is not None:
+        outputs += [("--results", results_dir / name)
+                    for name in names + [vnncomp_results.SUMMARY]]
+    check_outputs(inputs, outputs)
     if cert_path is not None:
         cert = load_property_certificate(cert_path)
         same = lambda i: (i.model.resolve(), i.vnnlib.resolve())  # noqa: E731
         if [same(i) for i in certificate_instances(cert, cert_path)] != list(map(same, instances)):
             raise VstError(f"{cert_path} speaks about other instances than {vnnlib}")
-        click.echo(check_property_certificate(cert, cert_path))
+        click.echo(check_property_certificate(cert, cert_path, timeout))
         _gate_properties(cert["verified_acc"], cert["n"], cert["method"], min_verified)
         return
     if json_path is not None:
@@ -211,7 +233,6 @@ def _verify_vnnlib(model, vnnlib, method, timeout, n, min_verified, json_path, c
     if results_dir is not None:
         check_writable(results_dir, directory=True)
     loaded = vnncomp.load_instances(instances)
-    names = vnncomp_results.result_names(instances)
     done: list = []
     with progress() as bar:
         task = bar.add_task("verify properties", total=len(loaded), info=method,
@@ -224,7 +245,12 @@ def _verify_vnnlib(model, vnnlib, method, timeout, n, min_verified, json_path, c
             bar.update(task, advance=1, info=f"{outcome.instance.vnnlib.name}: "
                                              f"{outcome.result}")
 
-        outcomes = vnncomp.run_instances(loaded, method, on_done=write)
+        try:
+            outcomes = vnncomp.run_instances(loaded, method, on_done=write)
+        except KeyboardInterrupt:       # results.csv for the instances done, then exit 130
+            if results_dir is not None:
+                vnncomp_results.write_summary(results_dir, done, names)
+            raise
     vnncomp_results.print_outcomes(outcomes, method)
     if results_dir is not None:
         vnncomp_results.write_summary(results_dir, outcomes, names)
@@ -264,12 +290,13 @@ def certificate_merge(shards, out, min_verified) -> None:
     are recomputed from the samples. Check the result against the model with
     `vst verify MODEL --certificate OUT`.
     """
-    from toolchain.atomic import check_writable
+    from toolchain.atomic import check_outputs, check_writable
     from toolchain.verify.certificate import load_certificate, save_certificate
     from toolchain.verify.shard import merge_certificates
 
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    check_outputs({f"shard {k + 1}": p for k, p in enumerate(shards)}, {"--out": out})
     check_writable(out)
     merged = merge_certificates([load_certificate(p) for p in shards])
     save_certificate(out, merged)
@@ -284,21 +311,27 @@ def certificate_merge(shards, out, min_verified) -> None:
 @click.argument("cert_path", metavar="CERTIFICATE",
                 type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--min-verified", type=float, help="Gate: exit 1 below this fraction (unsat).")
-def certificate_check(cert_path, min_verified) -> None:
+@click.option("--timeout", type=float,
+              help="The most seconds one claim's proof may take again (default 300); the "
+                   "certificate's own timeout can only lower it.")
+def certificate_check(cert_path, min_verified, timeout) -> None:
     """Re-check a property certificate (`vst verify --vnnlib ... --json F`).
 
     Reads the networks and properties it names (paths relative to the
     certificate), checks their hashes, proves every verified claim again and
-    re-checks every counterexample; a claim that fails is exit 1. A data-set
-    certificate is checked with `vst verify MODEL --certificate F`.
+    re-checks every counterexample; a claim that fails, or is not proved again
+    within the time limit, is exit 1. A data-set certificate is checked with
+    `vst verify MODEL --certificate F`.
     """
     from toolchain.verify.property_certificate import (check_property_certificate,
                                                        load_property_certificate)
 
     if min_verified is not None and not 0.0 <= min_verified <= 1.0:
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise VstError(f"--timeout must be a positive number of seconds, got {timeout}")
     cert = load_property_certificate(cert_path)
-    click.echo(check_property_certificate(cert, cert_path))
+    click.echo(check_property_certificate(cert, cert_path, timeout))
     _gate_properties(cert["verified_acc"], cert["n"], cert["method"], min_verified)
 
 
@@ -326,9 +359,11 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     if bounds.x_t.size != math.prod(dataset.input_shape):
         raise VstError(f"data {data} has inputs {dataset.input_shape}, {tflite.name} takes "
                        f"{bounds.x_t.size} values")
-    if cert_path is not None:
-        click.echo(check_int8_certificate(load_certificate(cert_path, any_format=True), tflite,
-                                          dataset))
+    if cert_path is not None:      # the re-checked claims, gated like a fresh run
+        cert = load_certificate(cert_path, any_format=True)
+        click.echo(check_int8_certificate(cert, tflite, dataset, c_source))
+        if min_verified is not None:
+            _gate_certificate(cert, min_verified)
         return
     if not eps_list:
         raise VstError("pass --eps for an int8 .tflite")

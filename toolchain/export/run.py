@@ -24,10 +24,13 @@ PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist
 
 def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
                 eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
-                verified_acc: float | None = None, kernels: str = "dsp") -> dict:
+                verified_acc: float | None = None, kernels: str = "dsp",
+                exclusive: bool = False) -> dict:
     """Every format into ``out_dir``, all or nothing: they are written into a
     staging folder inside it and moved into place only when every one of them
-    was written and checked; a failure leaves ``out_dir`` as it was."""
+    was written and checked; a failure leaves ``out_dir`` as it was.
+    ``exclusive``: ``out_dir`` then holds this export only (``vst build``'s
+    folder): what an earlier export with other formats left there is removed."""
     # TensorFlow's C++ logging (oneDNN notices, absl) is noise for a vst user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     unknown = sorted(set(formats) - set(FORMATS))
@@ -45,6 +48,11 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
     try:
         res = _run(model, data, stage, out_dir.name, formats, name, eps, vnnlib_n, golden,
                    verified_acc, kernels)
+        if exclusive:
+            fresh = {entry.name for entry in stage.iterdir()}
+            for old in out_dir.iterdir():
+                if old != stage and old.name not in fresh:
+                    _remove(old)
         for entry in sorted(stage.iterdir()):
             target = out_dir / entry.name
             if target.is_dir() and not target.is_symlink():
@@ -53,6 +61,31 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return res
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def export_outputs(out_dir, formats, name: str = "model") -> list[Path]:
+    """What ``run_exports`` writes into ``out_dir`` for ``formats`` (files, and
+    folders it replaces as a whole): checked against the inputs before work."""
+    from toolchain.export.vnnlib import INSTANCES, PROPERTY_DIR
+
+    out_dir, formats = Path(out_dir), set(formats)
+    paths = []
+    if formats & {"onnx", "vnnlib"}:
+        paths.append(out_dir / f"{name}.onnx")
+    if "vnnlib" in formats:
+        paths += [out_dir / PROPERTY_DIR, out_dir / INSTANCES]
+    if formats & {"tflite", "c"}:
+        paths += [out_dir / f"{name}_float.tflite", out_dir / f"{name}_int8.tflite"]
+    if "c" in formats:
+        paths.append(out_dir / "c")
+    return paths
 
 
 def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, golden,

@@ -26,10 +26,12 @@ from pathlib import Path
 from toolchain.atomic import write_text
 from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import GateFailed, VstError
+from toolchain.verify.certificate_rules import (check_indices, check_sample_set,
+                                                check_summaries, result_failure)
 from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS,
                                                  COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
-                                                 _is_int, _show,
-                                                 validate_certificate)
+                                                 _is_int, _show, validate_certificate,
+                                                 validate_int8_certificate)
 from toolchain.verify.engine import EpsResult, settled_by
 from toolchain.verify.steps import ATTACK, BATCH, plan
 
@@ -38,7 +40,6 @@ VERSION = 1
 # alpha-CROWN optimizes per batch (learning-rate schedule, early stop): a
 # re-run on another batch may end a little looser, so its margins get room.
 ALPHA_TOL = 0.05
-SUMMARY_TOL = 1e-9
 
 
 class Certificate(dict):
@@ -94,7 +95,8 @@ def read_json(path: Path):
 def load_certificate(path: Path, any_format: bool = False) -> dict:
     """A certificate file (``any_format``: the int8 certificate too); one-line errors.
 
-    A float certificate is checked for structure here (see ``validate_certificate``).
+    Its structure is checked here (``validate_certificate``,
+    ``validate_int8_certificate``).
     """
     from toolchain.verify.int8_certificate import FORMAT as INT8_FORMAT
 
@@ -117,11 +119,13 @@ def load_certificate(path: Path, any_format: bool = False) -> dict:
     cert.source = str(path)
     if cert["format"] == FORMAT:
         validate_certificate(cert, str(path))
+    else:
+        validate_int8_certificate(cert, str(path))
     return cert
 
 
 def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
-                      alpha_tol: float = ALPHA_TOL) -> str:
+                      alpha_tol: float = ALPHA_TOL, max_timeout: float | None = None) -> str:
     """Raise ``GateFailed`` unless ``cert`` belongs to ``model`` and every claim re-checks.
 
     Structure that depends on the model and data (indices, labels, number of
@@ -131,7 +135,10 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
     CROWN then alpha-CROWN) proves it, and no claimed margin is higher than
     that bound plus ``tol * (1 + |bound|)`` (``alpha_tol`` for alpha-CROWN,
     whose optimization ends a little differently in other batches); a lower
-    claimed margin is still a true lower bound. Returns a one-line summary.
+    claimed margin is still a true lower bound. A complete-verification claim
+    is proved again within ``max_timeout`` seconds at most (default
+    ``complete.RECHECK_TIMEOUT``; the certificate's recorded time only lowers
+    it). Returns a one-line summary.
     """
     import torch
 
@@ -156,7 +163,7 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
     bounder = Bounder(module, dataset.input_shape)
     x_all, y_all = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
     checker = _Checker(source, module, bounder, x_all, y_all, tol, alpha_tol,
-                       cert.get("shard"))
+                       cert.get("shard"), max_timeout)
     for r, res in enumerate(cert["results"]):
         checker.check_result(r, res)
     c = checker.counted
@@ -169,8 +176,12 @@ def check_certificate(cert: dict, model, dataset, *, tol: float = 1e-4,
 
 
 class _Checker:
-    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol, shard=None):
+    def __init__(self, source, module, bounder, x_all, y_all, tol, alpha_tol, shard=None,
+                 max_timeout=None):
+        from toolchain.verify.complete import RECHECK_TIMEOUT
+
         self.source, self.module, self.bounder = source, module, bounder
+        self.max_timeout = RECHECK_TIMEOUT if max_timeout is None else max_timeout
         self.shard = shard      # a shard certificate: its samples are exactly its slice
         self.x_all, self.y_all, self.tol, self.alpha_tol = x_all, y_all, tol, alpha_tol
         self.k = bounder.num_classes
@@ -206,11 +217,8 @@ class _Checker:
         self.counted["seconds"] += time.perf_counter() - t0
 
     def _structure(self, where, samples) -> None:
-        n_data = len(self.x_all)
+        check_indices(self.source, where, samples, len(self.x_all))
         for k, s in enumerate(samples):
-            if s["index"] >= n_data:
-                raise _bad(self.source, f"{where}.samples[{k}].index",
-                           f"an index in [0, {n_data}) (the test split)", s["index"])
             if s["label"] >= self.k:
                 raise _bad(self.source, f"{where}.samples[{k}].label",
                            f"a class in [0, {self.k})", s["label"])
@@ -223,31 +231,8 @@ class _Checker:
 
     def _summaries(self, where, res) -> None:
         """n, counts and every rate, recomputed from the samples; the first sample set."""
+        check_sample_set(self.source, where, res, self.shard)
         samples, n = res["samples"], len(res["samples"])
-        fail = lambda what: GateFailed(f"{self.source}: {where} (eps={res['eps']:g}): "  # noqa
-                                       f"{what}")
-        if n == 0:
-            raise fail("claims nothing (no samples)")
-        if res["n"] != n:
-            raise fail(f"claims n={res['n']} but holds {n} samples")
-        seen: set[int] = set()
-        for s in samples:
-            if s["index"] in seen:
-                raise fail(f"sample {s['index']} appears twice")
-            seen.add(s["index"])
-        if self.shard is not None:
-            # A shard (toolchain.verify.shard): exactly its slice of the first `total`.
-            i0, count, total = self.shard["index"], self.shard["count"], self.shard["total"]
-            want = set(range(i0, total, count))
-            if seen != want:
-                wrong = sorted(seen ^ want)[0]
-                why = "is missing" if wrong in want else "lies outside it"
-                raise fail(f"the samples must be shard {i0}/{count} of the first {total} test "
-                           f"samples (index % {count} == {i0}); sample {wrong} {why}")
-        elif seen != set(range(n)):
-            missing = min(set(range(n)) - seen)
-            raise fail(f"the samples must be the first n={n} test samples; "
-                       f"sample {missing} is missing")
         count = {v: sum(s["verdict"] == v for s in samples) for v in VERDICTS}
         clean_wrong = sum(s["method"] == "clean" for s in samples)
         expect = {
@@ -258,18 +243,12 @@ class _Checker:
         }
         if "falsified_by" in res:
             expect["falsified_by"] = settled_by(samples, "falsified")
-        for key, value in expect.items():
-            claimed = res[key]
-            if key.endswith("_by"):
-                claimed = {m: k for m, k in claimed.items() if k}
-            same = (claimed == value if isinstance(value, dict)
-                    else abs(claimed - value) <= SUMMARY_TOL)
-            if not same:
-                raise fail(f"claims {key} {_show(res[key])} but its samples give {_show(value)}")
+        check_summaries(self.source, where, res, expect)
         rate = _rate(n, res["seconds"])
         if abs(res["samples_per_second"] - rate) > 1e-6 * max(1.0, rate):
-            raise fail(f"claims samples_per_second {res['samples_per_second']:g} but n/seconds "
-                       f"is {rate:g}")
+            raise result_failure(self.source, where, res)(
+                f"claims samples_per_second {res['samples_per_second']:g} but n/seconds "
+                f"is {rate:g}")
 
     def _labels_and_clean(self, samples, failures):
         """Labels match the data; misclassified exactly where the certificate says "clean".
@@ -403,7 +382,8 @@ class _Checker:
     def _complete_claims(self, samples, eps, claims, failures) -> None:
         """A claim of complete verification (milp / bab) holds when the complete
         procedure, run again, proves it (within 3x its recorded time, at least
-        the default timeout): no bound can, so the proof is redone."""
+        the default timeout, at most the checker's ``max_timeout``): no bound
+        can, so the proof is redone."""
         from toolchain.verify.complete import classification_spec, decide
         from toolchain.verify.engine import DEFAULT_TIMEOUT
 
@@ -411,7 +391,8 @@ class _Checker:
         for k in claims:
             s = samples[k]
             x = self.x_all[s["index"]]
-            timeout = max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0)))
+            timeout = min(max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0))),
+                          self.max_timeout)
             lower, upper = eps_box(x, eps)
             d = decide(self.module, shape, lower.numpy(), upper.numpy(),
                        classification_spec(s["label"], self.k), timeout=timeout, cheap=False)

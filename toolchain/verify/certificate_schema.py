@@ -58,27 +58,82 @@ def validate_certificate(cert: dict, source: str = "certificate") -> None:
     What needs the model and data (sample indices within the data, the number
     of margins) is checked by ``check_certificate``.
     """
-    hexdigest = lambda v: (isinstance(v, str) and len(v) == 64  # noqa: E731
-                           and all(c in "0123456789abcdef" for c in v))
-    is_dict = lambda v: isinstance(v, dict)  # noqa: E731
-    frac = lambda v: _is_num(v) and 0.0 <= v <= 1.0  # noqa: E731
-    nonneg_int = lambda v: _is_int(v) and v >= 0  # noqa: E731
-    model = _need(source, cert, "model", "", is_dict, "an object")
-    _need(source, model, "weights_sha256", "model", hexdigest, "a SHA-256 hex digest")
-    _need(source, model, "params", "model", nonneg_int, "an integer >= 0")
-    data = _need(source, cert, "dataset", "", is_dict, "an object")
-    _need(source, data, "sha256", "dataset", hexdigest, "a SHA-256 hex digest")
-    _need(source, data, "split", "dataset", lambda v: v == "test", '"test"')
-    _need(source, cert, "input_range", "", lambda v: v == list(INPUT_RANGE), str(list(INPUT_RANGE)))
-    _need(source, cert, "norm", "", lambda v: v == "Linf", '"Linf"')
+    model = _need(source, cert, "model", "", _is_dict, "an object")
+    _need(source, model, "weights_sha256", "model", _hexdigest, "a SHA-256 hex digest")
+    _need(source, model, "params", "model", _nonneg_int, "an integer >= 0")
+    _validate_data_box(source, cert)
     if "shard" in cert:
-        shard = _need(source, cert, "shard", "", is_dict, "an object")
+        shard = _need(source, cert, "shard", "", _is_dict, "an object")
         count = _need(source, shard, "count", "shard", lambda v: _is_int(v) and v >= 1,
                       "an integer >= 1")
         _need(source, shard, "index", "shard", lambda v: _is_int(v) and 0 <= v < count,
               f"an integer in [0, {count})")
         _need(source, shard, "total", "shard", lambda v: _is_int(v) and v >= 1,
               "an integer >= 1")
+    for where, res in _results(source, cert, CASCADES):
+        for verdict in ("verified", "falsified"):
+            key = f"{verdict}_by"
+            if key not in res and verdict == "falsified":
+                continue            # written before certificates counted falsified steps
+            by = _need(source, res, key, where, _is_dict, "an object")
+            for m, k in by.items():
+                if m not in DECIDERS[verdict] or not _nonneg_int(k):
+                    raise _bad(source, f"{where}.{key}", "counts of "
+                               + ", ".join(DECIDERS[verdict]), {m: k})
+        _need(source, res, "robust_acc_upper", where, _frac, "a number in [0, 1]")
+        _need(source, res, "samples_per_second", where, lambda v: _is_num(v) and v >= 0,
+              "a finite number >= 0")
+        for k, s in enumerate(res["samples"]):
+            _validate_sample(source, f"{where}.samples[{k}]", s)
+
+
+def validate_int8_certificate(cert: dict, source: str = "certificate") -> None:
+    """Types, ranges and finiteness of an int8 certificate (``int8_certificate.py``).
+
+    The same data, box and per-result fields as a float certificate; the
+    artifacts are the .tflite (and optionally the generated C), not weights.
+    """
+    for key in ("tflite", "c_source"):
+        if key == "c_source" and cert.get(key, "absent") is None:
+            continue                          # written without the C source
+        art = _need(source, cert, key, "", _is_dict, "an object")
+        _need(source, art, "file", key, lambda v: isinstance(v, str), "a file name")
+        _need(source, art, "sha256", key, _hexdigest, "a SHA-256 hex digest")
+    _validate_data_box(source, cert)
+    for where, res in _results(source, cert, ("int8",)):
+        for k, s in enumerate(res["samples"]):
+            _validate_sample_core(source, f"{where}.samples[{k}]", s)
+
+
+def _hexdigest(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def _is_dict(v) -> bool:
+    return isinstance(v, dict)
+
+
+def _nonneg_int(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _frac(v) -> bool:
+    return _is_num(v) and 0.0 <= v <= 1.0
+
+
+def _validate_data_box(source: str, cert: dict) -> None:
+    """The data set (hash, test split), the input range and the norm."""
+    data = _need(source, cert, "dataset", "", _is_dict, "an object")
+    _need(source, data, "sha256", "dataset", _hexdigest, "a SHA-256 hex digest")
+    _need(source, data, "split", "dataset", lambda v: v == "test", '"test"')
+    _need(source, cert, "input_range", "", lambda v: v == list(INPUT_RANGE),
+          str(list(INPUT_RANGE)))
+    _need(source, cert, "norm", "", lambda v: v == "Linf", '"Linf"')
+
+
+def _results(source: str, cert: dict, methods):
+    """(where, result) for each result, after the fields every certificate's results
+    share (eps, method, n, counts, rates, seconds, a list of samples) are checked."""
     results = _need(source, cert, "results", "", lambda v: isinstance(v, list), "a list")
     for r, res in enumerate(results):
         where = f"results[{r}]"
@@ -86,44 +141,39 @@ def validate_certificate(cert: dict, source: str = "certificate") -> None:
             raise _bad(source, where, "an object", res)
         _need(source, res, "eps", where, lambda v: _is_num(v) and v >= 0,
               "a finite number >= 0")
-        _need(source, res, "method", where, lambda v: v in CASCADES,
-              "one of " + ", ".join(CASCADES))
-        _need(source, res, "n", where, nonneg_int, "an integer >= 0")
-        counts = _need(source, res, "counts", where, is_dict, "an object")
+        _need(source, res, "method", where, lambda v: v in methods,
+              "one of " + ", ".join(methods))
+        _need(source, res, "n", where, _nonneg_int, "an integer >= 0")
+        counts = _need(source, res, "counts", where, _is_dict, "an object")
         for v in VERDICTS:
-            _need(source, counts, v, f"{where}.counts", nonneg_int, "an integer >= 0")
-        for verdict in ("verified", "falsified"):
-            key = f"{verdict}_by"
-            if key not in res and verdict == "falsified":
-                continue            # written before certificates counted falsified steps
-            by = _need(source, res, key, where, is_dict, "an object")
-            for m, k in by.items():
-                if m not in DECIDERS[verdict] or not nonneg_int(k):
-                    raise _bad(source, f"{where}.{key}", "counts of "
-                               + ", ".join(DECIDERS[verdict]), {m: k})
-        for key in ("verified_acc", "robust_acc_upper", "clean_acc"):
-            _need(source, res, key, where, frac, "a number in [0, 1]")
-        for key in ("seconds", "samples_per_second"):
-            _need(source, res, key, where, lambda v: _is_num(v) and v >= 0,
-                  "a finite number >= 0")
-        samples = _need(source, res, "samples", where, lambda v: isinstance(v, list), "a list")
-        for k, s in enumerate(samples):
-            _validate_sample(source, f"{where}.samples[{k}]", s)
+            _need(source, counts, v, f"{where}.counts", _nonneg_int, "an integer >= 0")
+        for key in ("verified_acc", "clean_acc"):
+            _need(source, res, key, where, _frac, "a number in [0, 1]")
+        _need(source, res, "seconds", where, lambda v: _is_num(v) and v >= 0,
+              "a finite number >= 0")
+        _need(source, res, "samples", where, lambda v: isinstance(v, list), "a list")
+        yield where, res
 
 
-def _validate_sample(source: str, where: str, s) -> None:
+def _validate_sample_core(source: str, where: str, s) -> str:
+    """Index, label, verdict and margin lower bounds of one sample; its verdict."""
     if not isinstance(s, dict):
         raise _bad(source, where, "an object", s)
-    _need(source, s, "index", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-    _need(source, s, "label", where, lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+    _need(source, s, "index", where, _nonneg_int, "an integer >= 0")
+    _need(source, s, "label", where, _nonneg_int, "an integer >= 0")
     verdict = _need(source, s, "verdict", where, lambda v: v in VERDICTS,
                     "one of " + ", ".join(VERDICTS))
-    methods = DECIDERS[verdict]
-    _need(source, s, "method", where, lambda v: v in methods,
-          f"for a {verdict} sample one of " + ", ".join(methods))
     _need(source, s, "margin_lower", where,
           lambda v: isinstance(v, list) and all(_is_num(m) for m in v),
           "a list of finite numbers")
+    return verdict
+
+
+def _validate_sample(source: str, where: str, s) -> None:
+    verdict = _validate_sample_core(source, where, s)
+    methods = DECIDERS[verdict]
+    _need(source, s, "method", where, lambda v: v in methods,
+          f"for a {verdict} sample one of " + ", ".join(methods))
     if "seconds" in s:              # per-sample time (absent in older certificates)
         _need(source, s, "seconds", where, lambda v: _is_num(v) and v >= 0,
               "a finite number >= 0")
@@ -147,9 +197,7 @@ PROPERTY_METHODS = ("ibp", "crown", "alpha-crown", "all", "complete")
 
 def validate_property_certificate(cert: dict, source: str = "certificate") -> None:
     """Types and ranges of a property certificate; ``VstError`` naming the key if not."""
-    hexdigest = lambda v: (isinstance(v, str) and len(v) == 64  # noqa: E731
-                           and all(c in "0123456789abcdef" for c in v))
-    nonneg_int = lambda v: _is_int(v) and v >= 0  # noqa: E731
+    hexdigest, nonneg_int = _hexdigest, _nonneg_int
     path = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
     _need(source, cert, "method", "", lambda v: v in PROPERTY_METHODS,
           "one of " + ", ".join(PROPERTY_METHODS))

@@ -43,6 +43,9 @@ STATUSES = ("verified", "falsified", "unknown")
 PROCEDURES = ("crown", "alpha-crown", "pgd", "bab", "milp", "none")
 COMPLETE = ("bab", "milp")        # the procedures that decide what bounds cannot
 DEFAULT_TIMEOUT = 60.0            # seconds per property (VNN-COMP's usual budget)
+# The most a certificate check spends re-proving one claim. The checker sets it
+# (--timeout), never the certificate: a certificate's own timeout can only lower it.
+RECHECK_TIMEOUT = 300.0
 
 
 @dataclass

@@ -6,7 +6,8 @@ the data and eps, and per sample the verdict and the margin lower bounds of
 ``int8_bounds``. Verdicts: ``verified`` (every margin bound >= 1 and no tie
 possible), ``falsified`` (the int8 network misclassifies the unperturbed input
 itself: a counterexample inside the box) or ``unknown``.
-``check_int8_certificate`` recomputes every claim.
+``check_int8_certificate`` recomputes every claim, under the same sample rules as
+the float certificate (``certificate_rules``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import numpy as np
 from toolchain.atomic import write_text
 from toolchain.epsbox import INPUT_RANGE
 from toolchain.errors import GateFailed, VstError
+from toolchain.verify.certificate_rules import (check_indices, check_sample_set,
+                                                check_summaries, result_failure)
+from toolchain.verify.certificate_schema import VERDICTS, _bad, validate_int8_certificate
 from toolchain.verify.int8_bounds import Int8Bounds, sha256_file
 
 FORMAT = "vst-certificate-int8"
@@ -27,6 +31,8 @@ SEMANTICS = ("TFLite int8 (TFLite Micro reference kernels, bit-exact with vst's 
              "inputs quantized with round-half-away-from-zero and clamp; per-channel "
              "requantization; the predicted class is the first maximum, ties count as "
              "not verified")
+# The margins are integers computed exactly; a claim may be lower (still true), never higher.
+MARGIN_TOL = 1e-9
 
 
 def _first_argmax_is(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -77,31 +83,86 @@ def is_int8_certificate(cert: dict) -> bool:
     return isinstance(cert, dict) and cert.get("format") == FORMAT
 
 
-def check_int8_certificate(cert: dict, tflite_path, dataset) -> str:
-    """Raise ``GateFailed`` unless ``cert`` names this .tflite and data and every
-    claim, verdict and summary recomputes; a one-line summary otherwise."""
-    try:
-        if cert["tflite"]["sha256"] != sha256_file(tflite_path):
-            raise GateFailed(f"certificate does not belong to {Path(tflite_path).name} "
-                             "(sha256 differs)")
-        if cert["dataset"]["sha256"] != dataset.sha256():
-            raise GateFailed(f"certificate speaks about other data than {dataset.name}")
-        bounds = Int8Bounds.from_tflite(tflite_path)
-        for res in cert["results"]:
-            index = np.array([s["index"] for s in res["samples"]], np.int64)
-            if len(index) and (index.min() < 0 or index.max() >= len(dataset.x_test)):
-                raise GateFailed("certificate names samples the data does not have")
-            again = verify_int8_samples(bounds, dataset.x_test[index], dataset.y_test[index],
-                                        float(res["eps"]))
-            for claimed, fresh in zip(res["samples"], again["samples"]):
-                if claimed["verdict"] != fresh["verdict"] or claimed["label"] != fresh["label"]:
-                    raise GateFailed(f"certificate sample {claimed['index']} at eps={res['eps']}: "
-                                     f"claims {claimed['verdict']}, recomputed {fresh['verdict']}")
-            if res["counts"] != again["counts"] or \
-                    abs(res["verified_acc"] - again["verified_acc"]) > 1e-12:
-                raise GateFailed(f"certificate summary at eps={res['eps']} does not match "
-                                 "its samples")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VstError(f"not a readable int8 certificate ({type(exc).__name__}: {exc})") from None
+def check_int8_certificate(cert: dict, tflite_path, dataset, c_source=None) -> str:
+    """Raise ``GateFailed`` unless ``cert`` names this .tflite (and ``c_source``, when
+    given) and data and every claim recomputes; a one-line summary otherwise.
+
+    The float checker's sample rules (``certificate_rules``): the first n test
+    samples once each, summaries recomputed; labels come from the data; every
+    verdict and margin is recomputed (the int8 bounds are exact integer
+    arithmetic, so a claimed margin above the recomputed one is a lie). A
+    malformed file is a ``VstError`` (exit 2).
+    """
+    source = getattr(cert, "source", "certificate")
+    if not is_int8_certificate(cert):
+        raise VstError(f"{source}: not an int8 certificate (check a float certificate "
+                       "against its .vst or .onnx model)")
+    validate_int8_certificate(cert, source)
+    name = Path(tflite_path).name
+    if cert["tflite"]["sha256"] != sha256_file(tflite_path):
+        raise GateFailed(f"{source}: certificate does not belong to {name} (sha256 differs)")
+    if c_source is not None:
+        if cert["c_source"] is None:
+            raise GateFailed(f"{source}: names no C source; cannot vouch for "
+                             f"{Path(c_source).name}")
+        if cert["c_source"]["sha256"] != sha256_file(c_source):
+            raise GateFailed(f"{source}: certificate does not belong to "
+                             f"{Path(c_source).name} (sha256 differs)")
+    if cert["dataset"]["sha256"] != dataset.sha256():
+        raise GateFailed(f"{source}: certificate speaks about other data than {dataset.name} "
+                         "(hash differs)")
+    if not cert["results"]:
+        raise GateFailed(f"{source}: claims nothing (results is empty)")
+    bounds = Int8Bounds.from_tflite(tflite_path)
+    for r, res in enumerate(cert["results"]):
+        _check_result(source, f"results[{r}]", res, bounds, dataset)
     n = sum(len(r["samples"]) for r in cert["results"])
-    return f"int8 certificate matches {Path(tflite_path).name}; {n} verdicts recomputed"
+    c_text = "" if c_source is None else f" and {Path(c_source).name}"
+    return (f"int8 certificate matches {name}{c_text}: all {n} verdicts and their margins "
+            f"recomputed over {len(cert['results'])} eps")
+
+
+def _check_result(source: str, where: str, res: dict, bounds: Int8Bounds, dataset) -> None:
+    samples = res["samples"]
+    classes = bounds.y_t.size
+    check_indices(source, where, samples, len(dataset.x_test))
+    for k, s in enumerate(samples):
+        if s["label"] >= classes:
+            raise _bad(source, f"{where}.samples[{k}].label", f"a class in [0, {classes})",
+                       s["label"])
+        if len(s["margin_lower"]) != classes:
+            raise _bad(source, f"{where}.samples[{k}].margin_lower",
+                       f"{classes} margins (one per class, the label's own 0)",
+                       s["margin_lower"])
+    check_sample_set(source, where, res)
+    n = len(samples)
+    count = {v: sum(s["verdict"] == v for s in samples) for v in VERDICTS}
+    check_summaries(source, where, res, {
+        "counts": count, "verified_acc": count["verified"] / n,
+        "clean_acc": 1.0 - count["falsified"] / n})
+    index = np.array([s["index"] for s in samples], np.int64)
+    fresh = verify_int8_samples(bounds, dataset.x_test[index], dataset.y_test[index],
+                                float(res["eps"]))["samples"]
+    fail = result_failure(source, where, res)
+    for claimed, again in zip(samples, fresh):
+        why = _claim_fails(claimed, again)
+        if why:
+            raise fail(f"sample {claimed['index']}: claim does not re-check: {why}")
+
+
+def _claim_fails(claimed: dict, again: dict) -> str:
+    """Why one sample's claim does not hold against its recomputation ("" if it does)."""
+    if claimed["label"] != again["label"]:
+        return f"label {claimed['label']} != the data's {again['label']}"
+    if claimed["verdict"] != again["verdict"]:
+        return f"claims {claimed['verdict']}, recomputed {again['verdict']}"
+    mine = np.asarray(claimed["margin_lower"], np.float64)
+    fresh = np.asarray(again["margin_lower"], np.float64)
+    others = np.arange(len(fresh)) != again["label"]
+    if claimed["verdict"] == "verified" and not np.all(mine[others] >= 1.0):
+        return "claimed verified, but its own margins are not all >= 1"
+    if np.any(mine > fresh + MARGIN_TOL):
+        j = int(np.argmax(mine - fresh))
+        return (f"claimed margin {mine[j]:.6g} (class {j}) is higher than the recomputed "
+                f"int8 bound {fresh[j]:.6g}")
+    return ""

@@ -102,9 +102,18 @@ def certificate_instances(cert: dict, source) -> list:
             for e in cert["instances"]]
 
 
-def check_property_certificate(cert: dict, source) -> str:
-    """Raise ``GateFailed`` unless every claim of ``cert`` re-checks; a one-line summary."""
+def check_property_certificate(cert: dict, source, max_timeout: float | None = None) -> str:
+    """Raise ``GateFailed`` unless every claim of ``cert`` re-checks; a one-line summary.
+
+    A claimed proof is redone within the instance's timeout, but never longer
+    than ``max_timeout`` (default ``complete.RECHECK_TIMEOUT``): the checker,
+    not the certificate, decides how long a check may run. Not re-proved in
+    that time is not re-proved (``GateFailed``).
+    """
+    from toolchain.verify.complete import RECHECK_TIMEOUT
     from toolchain.verify.vnncomp import load_instances
+
+    max_timeout = RECHECK_TIMEOUT if max_timeout is None else max_timeout
 
     t0 = time.perf_counter()
     entries = cert["instances"]
@@ -123,7 +132,7 @@ def check_property_certificate(cert: dict, source) -> str:
             modules[id(item.model)] = (item.model.torch_module().eval(), {})
         module, bounders = modules[id(item.model)]
         if e["verdict"] == "verified":
-            _check_verified(where, e, item, module, bounders)
+            _check_verified(where, e, item, module, bounders, min(e["timeout"], max_timeout))
         elif e["verdict"] == "falsified":
             _check_counterexample(where, e, item, module, bounders)
     c = cert["counts"]
@@ -149,8 +158,9 @@ def _summary(cert: dict, source) -> None:
                              f"give {json.dumps(value)}")
 
 
-def _check_verified(where, e, item, module, bounders) -> None:
-    """A sound procedure must prove it again: the bound it names, else the complete one."""
+def _check_verified(where, e, item, module, bounders, timeout: float) -> None:
+    """A sound procedure must prove it again: the bound it names, else the complete one
+    within ``timeout`` seconds."""
     from toolchain.verify.complete import decide
     from toolchain.verify.vnncomp import BOUND_METHODS, _bounder, box32, refuted_by_bounds
 
@@ -159,9 +169,13 @@ def _check_verified(where, e, item, module, bounders) -> None:
                                                              e["procedure"]):
         return
     lo, hi = box32(item.prop.lower, item.prop.upper, outward=True)
-    d = decide(module, shape, lo, hi, item.prop.disjuncts, timeout=e["timeout"],
+    d = decide(module, shape, lo, hi, item.prop.disjuncts, timeout=timeout,
                network=item.model.network, seed=e["index"],
                bounder=_bounder(module, bounders, shape))
+    if d.status == "unknown" and d.reason.startswith("timeout"):
+        raise GateFailed(f"{where}: claimed verified by {e['procedure']}, but it is not proved "
+                         f"again within {timeout:g} s (the check's limit: the smaller of the "
+                         "certificate's timeout and --timeout)")
     if d.status != "verified":
         raise GateFailed(f"{where}: claimed verified by {e['procedure']}, but re-checking gives "
                          f"{d.status} ({d.procedure}{': ' + d.reason if d.reason else ''})")

@@ -14,18 +14,28 @@ it::
      (Y_0 -1.0)
      (Y_1 2.0))
 
-One file per instance, ``<network stem>__<property stem>.txt`` (a repeated
-name gets ``__2``, ``__3``, ...), plus ``results.csv`` (network, property,
-result, seconds, procedure, file), each written atomically.
+One file per instance, ``<network stem>__<property stem>.txt``, plus
+``results.csv`` (network, property, result, seconds, procedure, file; written
+with the csv module, so a comma or quote in a path is quoted), each written
+atomically. Where two instances would share a name (the same base names in
+other folders, the same instance twice, names that differ only in case), each
+of them gets ``__`` and 8 hex digits of a hash of its position and paths:
+unique per instance and the same on every run of the same instance list.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from toolchain.verify.vnncomp import RESULTS, Instance, Outcome
+
+SUMMARY = "results.csv"
 
 
 def result_text(outcome: Outcome) -> str:
@@ -43,13 +53,20 @@ def _number(value) -> str:
 
 
 def result_names(instances: list[Instance]) -> list[str]:
-    """``<network stem>__<property stem>.txt``; a repeated name gets ``__2``, ``__3``, ..."""
-    seen: dict[str, int] = {}
-    names = []
-    for inst in instances:
-        base = f"{inst.model.stem}__{inst.vnnlib.stem}"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(f"{base}.txt" if seen[base] == 1 else f"{base}__{seen[base]}.txt")
+    """One file name per instance, unique ignoring case (see the module docstring)."""
+    bases = [f"{inst.model.stem}__{inst.vnnlib.stem}" for inst in instances]
+    count = Counter(b.casefold() for b in bases)
+    names: list[str] = []
+    used: set[str] = set()
+    for k, (inst, base) in enumerate(zip(instances, bases)):
+        tag = hashlib.sha256(f"{k}\0{inst.model.resolve()}\0{inst.vnnlib.resolve()}"
+                             .encode()).hexdigest()
+        plain = [f"{base}.txt"] if count[base.casefold()] == 1 else []
+        # the position is hashed too, so the 64-digit name is unique among them
+        name = next(c for c in plain + [f"{base}__{tag[:d]}.txt" for d in (8, 16, 64)]
+                    if c.casefold() not in used)
+        used.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -62,14 +79,17 @@ def write_result(results_dir: Path, name: str, outcome: Outcome) -> Path:
 
 
 def write_summary(results_dir: Path, outcomes: list[Outcome], names: list[str]) -> Path:
-    """``results.csv``: network, property, result, seconds, procedure, result file."""
+    """``results.csv``: network, property, result, seconds, procedure, result file;
+    one row per outcome (the instances done, when a run was interrupted)."""
     from toolchain.atomic import write_text
 
-    rows = [",".join((str(o.instance.model), str(o.instance.vnnlib), o.result,
-                      f"{o.seconds:.3f}", o.procedure, name)) + "\n"
-            for o, name in zip(outcomes, names)]
-    path = Path(results_dir) / "results.csv"
-    write_text(path, "".join(rows))
+    text = io.StringIO()
+    rows = csv.writer(text, lineterminator="\n")
+    for o, name in zip(outcomes, names):
+        rows.writerow((str(o.instance.model), str(o.instance.vnnlib), o.result,
+                       f"{o.seconds:.3f}", o.procedure, name))
+    path = Path(results_dir) / SUMMARY
+    write_text(path, text.getvalue())
     return path
 
 
