@@ -139,7 +139,8 @@ def test_user_npz_in_sensor_units_is_scaled_and_recorded(tmp_path):
     ({"channel_min": np.zeros(3), "channel_range": np.array([1.0, 0.0, 1.0])}, "> 0 on every"),
     ({"channel_min": np.zeros(3), "channel_range": np.array([1.0, np.nan, 1.0])}, "NaN"),
     ({"channel_min": np.zeros((3, 1)), "channel_range": np.ones((3, 1))}, "1-D array"),
-    ({"channel_min": np.zeros(3), "channel_range": np.full(3, 0.5)}, "training value(s) lie outside"),
+    ({"channel_min": np.zeros(3), "channel_range": np.full(3, 0.5)},
+     "training value(s) lie outside"),
 ])
 def test_bad_scaling_is_one_clear_error(tmp_path, arrays, needle):
     x = np.random.default_rng(1).uniform(0, 1, size=(10, 3, 8))

@@ -28,8 +28,9 @@ from toolchain.data.readers import reading
 from toolchain.data.scaling import ChannelScaling
 from toolchain.errors import VstError
 
-_NAMES = {"x": ("x", "x_train"), "y": ("y", "y_train"), "x_test": ("x_test",), "y_test": ("y_test",),
-          "channel_min": ("channel_min",), "channel_range": ("channel_range",)}
+_NAMES = {"x": ("x", "x_train"), "y": ("y", "y_train"), "x_test": ("x_test",),
+          "y_test": ("y_test",), "channel_min": ("channel_min",),
+          "channel_range": ("channel_range",)}
 
 
 def load_npz(path: Path) -> Raw:
