@@ -21,6 +21,7 @@ BENCHMARKS = (
     ("verify_speed.py",),
     ("verify_complete.py",),
     ("mcu.py",),
+    ("sensor_sets.py",),
 )
 
 if __name__ == "__main__":

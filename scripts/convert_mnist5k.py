@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from toolchain.atomic import write_bytes  # noqa: E402
+from toolchain.data.npzfile import npz_bytes  # noqa: E402
 
 SEED = 0  # fixed: the split is part of the data set's identity
 PER_CLASS_TEST = 100  # 10 classes x 100 = 1,000 test images
@@ -69,20 +68,6 @@ def stratified_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         train.append(idx[:-PER_CLASS_TEST])
         test.append(idx[-PER_CLASS_TEST:])
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A deterministic ``np.savez_compressed``-compatible archive."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        for name, arr in arrays.items():
-            npy = io.BytesIO()
-            np.lib.format.write_array(npy, np.ascontiguousarray(arr), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, npy.getvalue(), compresslevel=9)
-    return buf.getvalue()
 
 
 def main(argv: list[str]) -> int:

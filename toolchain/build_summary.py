@@ -16,6 +16,7 @@ def make_summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> 
     same = ve["verdicts"] == rv["verdicts"]
     return {
         "dataset": data.name, "model": cfg.model.arch, "eps": cfg.verify.eps,
+        "input_scaling": data.scaling_info(),
         "sparsity": {"method": cfg.sparsity.method, "mode": tr["mode"], "density": tr["density"],
                      "params_total": co["params_before"], "params_nonzero": co["nonzero_after"]},
         "train": {"seconds": tr["seconds"], "epochs": tr["epochs"], "clean_acc": tr["clean_acc"],

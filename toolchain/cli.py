@@ -92,18 +92,31 @@ def init(path: Path, force: bool) -> None:
 
 
 @cli.command()
-def datasets() -> None:
-    """List the built-in data sets."""
+@click.argument("name", required=False)
+def datasets(name: str | None) -> None:
+    """List the built-in data sets, or show one (NAME) channel by channel.
+
+    The last column translates eps 0.01 on vst's [0, 1] inputs into the data's
+    own units (per channel: 0.01 x the range that maps onto [0, 1])."""
     from toolchain.data import list_builtin
     from toolchain.display import table
 
-    rows = [(d["name"], "x".join(map(str, d["input_shape"])), str(d["num_classes"]),
-             f"{d['n_train']}/{d['n_test']}",
-             _human_bytes(d["size_bytes"]) if d["size_bytes"] else "generated",
-             d["description"].split(";")[0].split(",")[0])
-            for d in list_builtin()]
-    table(("name", "input shape", "classes", "train/test", "size", "what"), rows)
-    click.echo("Provenance and licences: toolchain/data/PROVENANCE.md")
+    if name is not None:
+        from toolchain.data.builtin import EPS_EXAMPLE, describe
+
+        lines, channels = describe(name)
+        click.echo("\n".join(lines))
+        return table(("channel", "min", "range", f"eps {EPS_EXAMPLE:g} ="), channels)
+    rows = list_builtin()
+    table(("name", "input shape", "classes", "train/test", "size", "what",
+           f"eps {rows[0]['eps_example']:g} in own units"),
+          [(d["name"], "x".join(map(str, d["input_shape"])), str(d["num_classes"]),
+            f"{d['n_train']}/{d['n_test']}",
+            _human_bytes(d["size_bytes"]) if d["size_bytes"] else "generated",
+            d["description"].split(";")[0].split(",")[0], d["eps_example_in_units"])
+           for d in rows])
+    click.echo("Details: `vst datasets NAME`. Provenance and licences: "
+               "toolchain/data/PROVENANCE.md")
 
 
 @cli.command()

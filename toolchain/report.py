@@ -29,12 +29,26 @@ def _num(v, fmt="{:,}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _eps_in_units(summary: dict) -> list[tuple[str, str]]:
+    """For data given in its own units: eps there, and the test values clipped."""
+    info = summary.get("input_scaling")
+    if not info:
+        return []
+    from toolchain.data.scaling import ChannelScaling
+
+    scaling = ChannelScaling(tuple(info["min"]), tuple(info["range"]))
+    return [("eps in the data's own units", scaling.describe_eps(summary["eps"])),
+            ("test values clipped into [0, 1]", f"{info['clipped_test']:,} of "
+                                                f"{info['test_values']:,}")]
+
+
 def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
     """The report's tables as (label, value) rows, shared by Markdown and HTML."""
     s, v, c, e, t = (summary[k] for k in ("sparsity", "verify", "compact", "export", "target"))
     return {
         "certificate": [
-            ("eps (L-inf)", f"{summary['eps']:g}"), ("method", v["method"]),
+            ("eps (L-inf)", f"{summary['eps']:g}"), *_eps_in_units(summary),
+            ("method", v["method"]),
             ("test samples", str(v["n"])), ("clean accuracy", _pct(v["clean_acc"])),
             ("verified (sparse model)", _pct(v["verified_acc"])),
             ("verified (compacted model, shipped)", _pct(c["verified_acc"])),

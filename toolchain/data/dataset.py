@@ -5,7 +5,9 @@ pipeline can rely on one layout:
 
 - ``x_*``: float32 in [0, 1], channels first: (N, C, H, W) images or
   (N, C, L) 1-D signals;
-- ``y_*``: int64 class indices in [0, num_classes).
+- ``y_*``: int64 class indices in [0, num_classes);
+- ``scaling``: for data given in its own units (sensor sets), how [0, 1]
+  maps back to them per channel (``scaling.ChannelScaling``); else None.
 
 >>> import numpy as np
 >>> ds = Dataset("toy", np.zeros((4, 1, 8), np.float32), np.array([0, 1, 0, 1]),
@@ -23,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from toolchain.data.scaling import ChannelScaling
+
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -35,6 +39,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     source: str  # where the data came from, in words (path or built-in origin)
+    scaling: ChannelScaling | None = None  # per-channel map from the data's units to [0, 1]
 
     def __post_init__(self) -> None:
         # Loaders give these already; converting here keeps hand-built
@@ -83,7 +88,13 @@ class Dataset:
             "n_train": self.n_train,
             "n_test": self.n_test,
             "sha256": self.sha256(),
+            "scaling": self.scaling_info(),
         }
+
+    def scaling_info(self) -> dict | None:
+        """How the [0, 1] inputs map to the data's own units (None: given in [0, 1]
+        or as 8-bit levels); what a model record and ONNX metadata carry."""
+        return self.scaling.info() if self.scaling is not None else None
 
     def __repr__(self) -> str:
         return (

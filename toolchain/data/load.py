@@ -3,9 +3,10 @@
 
 Dispatch on the spec:
 
-- a built-in name (``mnist5k``, ``synth1d``) -> that data set (its own fixed
-  split; ``test_fraction`` and ``seed`` do not apply). A file with the same
-  name is reachable as ``./mnist5k``.
+- a built-in name (``mnist5k``, ``japanesevowels``, ..., ``synth1d``; see
+  ``builtin.py``) -> that data set (its own fixed split; ``test_fraction``
+  and ``seed`` do not apply). A file with the same name is reachable as
+  ``./mnist5k``.
 - ``*.npz``                     -> npzfile.load_npz
 - ``*.csv`` / ``*.csv.gz``      -> csvfile.load_csv
 - ``*-ubyte`` / ``*-ubyte.gz``  -> idx.load_idx (images file)

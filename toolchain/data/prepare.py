@@ -18,16 +18,23 @@ Scaling rule: integer (e.g. uint8) inputs are 8-bit levels and must lie in
 0..255; they are divided by 255. Booleans become 0/1. Float inputs must
 already lie in [0, 1]: we do not guess a scaling (min-max over a training set
 would silently change the meaning of epsilon), we ask the user to scale.
+The exception is data that says how to scale it: a ``Raw`` with a
+``ChannelScaling`` (per-channel min and range, e.g. an ``.npz`` with
+``channel_min``/``channel_range``, or a built-in sensor set) is given in its
+own units, channels first, and mapped per channel (``scaling.py``); the
+layout rule is then not needed, the channel count is known.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 
 from toolchain.data.dataset import Dataset
+from toolchain.data.scaling import ChannelScaling
 from toolchain.errors import VstError
 
 _FLOAT_SLACK = 1e-6  # float round-off we forgive at the [0, 1] edges
@@ -41,6 +48,7 @@ class Raw(NamedTuple):
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     source: str
+    scaling: ChannelScaling | None = None  # inputs in their own units, scaled per channel
 
 
 def to_channels_first(x: np.ndarray, what: str) -> np.ndarray:
@@ -79,9 +87,7 @@ def to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
         return x.astype(np.float32) / np.float32(255.0)
     if kind != "f":
         raise VstError(f"{what}: inputs must be numbers, got dtype {x.dtype}")
-    if not np.isfinite(x).all():
-        bad = int(np.size(x) - np.isfinite(x).sum())
-        raise VstError(f"{what}: inputs contain {bad} NaN or infinite value(s)")
+    check_finite(x, what)
     lo, hi = float(x.min()), float(x.max())
     if lo < -_FLOAT_SLACK or hi > 1 + _FLOAT_SLACK:
         raise VstError(
@@ -90,6 +96,13 @@ def to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
             "means what you intend"
         )
     return np.clip(x, 0, 1).astype(np.float32)
+
+
+def check_finite(x: np.ndarray, what: str) -> np.ndarray:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise VstError(f"{what}: inputs contain {bad} NaN or infinite value(s)")
+    return x
 
 
 def reshape_samples(x: np.ndarray, input_shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -163,16 +176,22 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def _inputs(x, what: str, input_shape) -> np.ndarray:
+def _inputs(x, what: str, input_shape, scaling: ChannelScaling | None = None,
+            train: bool = True) -> tuple[np.ndarray, int]:
+    """Checked float32 inputs in [0, 1] and how many values scaling clipped."""
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[0] == 0:
         raise VstError(f"{what}: no samples (empty data)")
     if x.size == 0:
         raise VstError(f"{what}: samples have no values, shape {x.shape}")
-    x = to_unit_float(to_channels_first(x, what), what)
+    clipped = 0
+    if scaling is None:
+        x = to_unit_float(to_channels_first(x, what), what)
+    else:
+        x, clipped = scaling.scale(check_finite(x, what), what, train=train)
     if input_shape is not None:
         x = reshape_samples(x, input_shape, what)
-    return x
+    return x, clipped
 
 
 def assemble(
@@ -188,7 +207,7 @@ def assemble(
     input_shape = check_input_shape(input_shape)
     if (raw.x_test is None) != (raw.y_test is None):
         raise VstError(f"{name}: a test set needs both inputs and labels")
-    x_train = _inputs(raw.x_train, name, input_shape)
+    x_train, _ = _inputs(raw.x_train, name, input_shape, raw.scaling)
     y_train = to_labels(raw.y_train, name)
     if len(x_train) != len(y_train):
         raise VstError(f"{name}: {len(x_train)} inputs but {len(y_train)} labels")
@@ -196,10 +215,12 @@ def assemble(
         if len(x_train) < 2:
             raise VstError(f"{name}: need at least 2 samples to split off a test set")
         tr, te = split(len(x_train), test_fraction, seed)
+        clipped = 0  # split off the training data: inside [0, 1] by construction
         x_test, y_test = x_train[te], y_train[te]
         x_train, y_train = x_train[tr], y_train[tr]
     else:
-        x_test = _inputs(raw.x_test, f"{name} (test set)", input_shape)
+        x_test, clipped = _inputs(raw.x_test, f"{name} (test set)", input_shape, raw.scaling,
+                                  train=False)
         y_test = to_labels(raw.y_test, f"{name} (test set)")
         if len(x_test) != len(y_test):
             raise VstError(f"{name} (test set): {len(x_test)} inputs but {len(y_test)} labels")
@@ -209,7 +230,10 @@ def assemble(
                 f"test {tuple(x_test.shape[1:])}"
             )
     k = check_num_classes(np.concatenate([y_train, y_test]), num_classes, name)
-    return Dataset(name, x_train, y_train, x_test, y_test, k, raw.source)
+    scaling = raw.scaling
+    if scaling is not None:
+        scaling = replace(scaling, clipped_test=clipped, test_values=int(x_test.size))
+    return Dataset(name, x_train, y_train, x_test, y_test, k, raw.source, scaling)
 
 
 def check_options(test_fraction, seed, num_classes) -> None:

@@ -9,6 +9,7 @@ Returns the numbers and the paths relative to ``out_dir.parent``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -101,6 +102,9 @@ def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, g
 
         meta = {"eps": f"{eps:g}", "certificate_weights_sha256": model.weights_hash(),
                 "dataset": data.name, "input_range": "0,1"}
+        if data.scaling is not None:   # inputs came in their own units: how to map them
+            meta["input_scaling"] = json.dumps(data.scaling_info())
+            meta["eps_in_input_units"] = json.dumps(data.scaling.eps_in_units(eps))
         if verified_acc is not None:
             meta["verified_acc"] = f"{verified_acc:.6f}"
         files["onnx"] = export_onnx(model, out_dir / f"{name}.onnx", metadata=meta)

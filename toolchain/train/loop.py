@@ -96,6 +96,7 @@ def to_model(run: Run, data, seconds: float) -> VstModel:
                      if run.sparsifier is not None else {})
     record = {**run.record, "config": run.cfg.to_dict(), "seed": run.cfg.train.seed,
               "versions": versions(), "dataset": data.name, "dataset_sha256": data.sha256(),
+              "input_scaling": data.scaling_info(),
               "train_seconds": seconds, "layer_density": layer_density,
               "density": run.sparsifier.density() if run.sparsifier is not None else 1.0,
               "mode": run.cfg.sparsity.mode if run.sparsifier is not None else "dense",
