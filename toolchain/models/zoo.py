@@ -77,3 +77,13 @@ def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=N
     network = ZOO[arch](tuple(input_shape), num_classes, **kwargs)
     network.check_size(f"model {arch}")
     return network
+
+
+def network_for(model, input_shape: Shape, num_classes: int) -> Network:
+    """The network a ``[model]`` config section describes: a zoo architecture, or
+    the ``[[model.layers]]`` graph when ``arch`` is ``custom``."""
+    if model.arch == "custom":
+        from toolchain.models.custom import build_custom
+        return build_custom(model.layers, input_shape, num_classes)
+    return build_network(model.arch, input_shape, num_classes, channels=model.channels or None,
+                         widths=model.widths or None, batchnorm=model.batchnorm)

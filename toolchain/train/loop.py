@@ -37,7 +37,7 @@ from toolchain.config import Config
 from toolchain.errors import VstError
 from toolchain.models.modelfile import VstModel
 from toolchain.models.torch_build import build_torch
-from toolchain.models.zoo import build_network
+from toolchain.models.zoo import network_for
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import certified_loss, evaluate, ibp_init
 from toolchain.train.checkpoint import Checkpoint, capture_rng, save_checkpoint
@@ -95,9 +95,7 @@ def make_run(cfg: Config, data, *, method: Method | None = None,
 
     t, s = cfg.train, cfg.sparsity
     torch.manual_seed(t.seed)
-    network = build_network(cfg.model.arch, data.input_shape, data.num_classes,
-                            channels=cfg.model.channels or None,
-                            widths=cfg.model.widths or None, batchnorm=cfg.model.batchnorm)
+    network = network_for(cfg.model, data.input_shape, data.num_classes)
     module = build_torch(network)
     method = method or get_method(s.method)
     sparsifier: Sparsifier | None = method.make_sparsifier(
