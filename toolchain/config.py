@@ -47,17 +47,20 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # mlp | cnn_4layer | cnn_small | conv1d (see toolchain/models/zoo.py), or
-    # custom: the network given by [[model.layers]] tables (models/custom.py).
+    # mlp | cnn_4layer | cnn_small | conv1d | ds_cnn | resnet8 | ds_cnn1d |
+    # resnet1d (see toolchain/models/zoo.py), or custom: the network given by
+    # [[model.layers]] tables (models/custom.py).
     # cnn_4layer (the VeriSparse/HYDRA model) certifies ~86% at eps 0.1 when
     # 70% structured-pruned; cnn_small is faster but stops near 80%.
     arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d",
+                                            "ds_cnn", "resnet8", "ds_cnn1d", "resnet1d",
                                             "custom"))
     # Conv channels per layer; empty keeps the architecture's own.
     channels: list[int] = _opt([], lo=1, hi=4096)
     # Hidden fully connected widths; empty keeps the architecture's own.
     widths: list[int] = _opt([], lo=1, hi=65536)
-    # BatchNorm after each conv / hidden linear layer.
+    # BatchNorm after each conv / hidden linear layer (ds_cnn and the resnets
+    # always have it).
     batchnorm: bool = _opt(False)
     # [[model.layers]] tables: a network of your own, as a layer graph (arch
     # becomes "custom"; the zoo options above do not apply).
