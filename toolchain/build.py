@@ -141,13 +141,20 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
+    from toolchain.export import exportable_formats
+    formats, skipped = exportable_formats(small.network, cfg.export.formats)
     export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
                                            cfg.verify.eps, data.sha256(), target.int8_kernels),
                             [out / "export" / f"{NAME}.onnx"],
                             lambda: _export(small, data, cfg, out / "export", reverify_res,
-                                            target.int8_kernels))
-    progress.say(f"exported: ONNX diff {export_res['onnx_max_abs_diff']:.1e}, int8 agreement "
-                 f"{export_res['tflite_int8_agreement']:.1%}")
+                                            target.int8_kernels, formats))
+    export_res["skipped"] = skipped
+    said = [f"ONNX diff {export_res['onnx_max_abs_diff']:.1e}"] if "onnx" in export_res else []
+    if "tflite_int8_agreement" in export_res:
+        said.append(f"int8 agreement {export_res['tflite_int8_agreement']:.1%}")
+    progress.say(f"exported {'/'.join(formats)}" + (f": {', '.join(said)}" if said else ""))
+    for reason in dict.fromkeys(skipped.values()):
+        progress.say(f"[yellow]skipped:[/yellow] {reason}")
 
     int8_res = None
     if export_res.get("tflite_int8"):
@@ -161,7 +168,10 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
                      f"at eps={cfg.verify.eps}")
 
     bench_res = None
-    if not bench:
+    if bench and "c" not in formats:
+        bench = False
+        progress.say("[yellow]warning:[/yellow] no C export, so no firmware build and QEMU run")
+    elif not bench:
         progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
                      "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
@@ -253,10 +263,10 @@ def _compact(model, data, path: Path) -> dict:
             "note": report["note"]}
 
 
-def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> dict:
+def _export(small, data, cfg, out: Path, reverify: dict, kernels: str, formats) -> dict:
     from toolchain.export.run import run_exports
 
-    return run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
+    return run_exports(small, data, out, formats=formats, name=NAME,
                        eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
                        verified_acc=reverify["verified_acc"], kernels=kernels)
 
@@ -304,7 +314,7 @@ def _summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict
                                           "vnnlib_dir", "onnx_max_abs_diff",
                                           "tflite_float_max_abs_diff", "tflite_int8_agreement",
                                           "int8_acc", "float_acc", "sizes", "c",
-                                          "litert_vs_tflm_int8")},
+                                          "litert_vs_tflm_int8", "skipped")},
         # Sizes and counts of the deployable variant (int8 when built); parity of
         # each variant against the host running the same arithmetic.
         "target": {"name": target.name, "variant": variant.get("variant"),
