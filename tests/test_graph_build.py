@@ -8,19 +8,15 @@ import sys
 import onnx
 
 from helpers import tiny_mnist
-from test_graph_train import LAYERS
+from test_graph_train import write_config
 
 
 def test_vst_build_of_a_graph_config(tmp_path):
     tiny_mnist(tmp_path / "tiny.npz", n_train=160, n_test=24)
-    toml = ['[data]', 'dataset = "tiny.npz"', '[train]', 'epochs = 2', 'warmup_epochs = 1',
-            'ramp_epochs = 1', 'batch_size = 40', 'val_size = 40', 'threads = 1',
-            '[verify]', 'eps = 0.02', '[export]', 'vnnlib_n = 2', '[target]', 'bench = false',
-            '[model]']
-    for table in LAYERS:
-        toml.append("[[model.layers]]")
-        toml += [f"{k} = {v!r}".replace("'", '"') for k, v in table.items()]
-    (tmp_path / "vst.toml").write_text("\n".join(toml) + "\n")
+    write_config(tmp_path / "vst.toml", '[data]\ndataset = "tiny.npz"\n[train]\nepochs = 2\n'
+                 'warmup_epochs = 1\nramp_epochs = 1\nbatch_size = 40\nval_size = 40\n'
+                 'threads = 1\n[verify]\neps = 0.02\n[export]\nvnnlib_n = 2\n[target]\n'
+                 'bench = false\n')
     res = subprocess.run([sys.executable, "-m", "toolchain", "build", "--config", "vst.toml",
                           "--out", "b"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert res.returncode == 0, res.stderr

@@ -29,6 +29,15 @@ LAYERS = [
 TRAIN = {"epochs": 3, "warmup_epochs": 1, "ramp_epochs": 1, "batch_size": 40, "val_size": 40}
 
 
+def write_config(path, head: str) -> None:
+    """``head`` (TOML sections) then LAYERS as [[model.layers]] tables."""
+    lines = [head, "[model]"]
+    for table in LAYERS:
+        lines.append("[[model.layers]]")
+        lines += [f"{k} = {v!r}".replace("'", '"') for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
     return tiny_mnist(tmp_path_factory.mktemp("data") / "tiny.npz", n_train=200, n_test=40)
@@ -75,12 +84,8 @@ def test_graph_training_resumes_bit_exact(data_path, tmp_path, method):
 
 
 def test_vst_train_of_a_config_graph_end_to_end(data_path, tmp_path):
-    toml = ['[data]', f'dataset = "{data_path}"', '[train]', 'epochs = 2', 'warmup_epochs = 1',
-            'ramp_epochs = 1', 'batch_size = 50', 'val_size = 40', 'threads = 1', '[model]']
-    for table in LAYERS:
-        toml.append("[[model.layers]]")
-        toml += [f"{k} = {v!r}".replace("'", '"') for k, v in table.items()]
-    (tmp_path / "vst.toml").write_text("\n".join(toml) + "\n")
+    write_config(tmp_path / "vst.toml", f'[data]\ndataset = "{data_path}"\n[train]\nepochs = 2\n'
+                 'warmup_epochs = 1\nramp_epochs = 1\nbatch_size = 50\nval_size = 40\nthreads = 1\n')
     res = subprocess.run([sys.executable, "-m", "toolchain", "-q", "train", "--config",
                           "vst.toml", "--out", "run"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=600)
