@@ -65,14 +65,14 @@ class _ConvAs2d(nn.Module):
 class _AvgPoolAsConv(nn.Module):
     """Average pooling as a depthwise convolution with constant weights 1/k."""
 
-    def __init__(self, pool: nn.Module, channels: int, lift: bool) -> None:
+    def __init__(self, pool: nn.Module, channels: int, lift: bool, device=None) -> None:
         super().__init__()
         k, s, p = (v[0] if isinstance(v, tuple) else v
                    for v in (pool.kernel_size, pool.stride, pool.padding))
         if not pool.count_include_pad or pool.ceil_mode:
             raise ValueError("average pooling twin: needs count_include_pad and no ceil_mode")
         taps = (1, k) if lift or isinstance(pool, nn.AvgPool1d) else (k, k)
-        weight = torch.full((channels, 1) + taps, 1.0 / (taps[0] * taps[1]))
+        weight = torch.full((channels, 1) + taps, 1.0 / (taps[0] * taps[1]), device=device)
         self.register_buffer("weight", weight)
         self.stride, self.padding, self.groups = s, ((0, p) if taps[0] == 1 else p), channels
 
@@ -125,11 +125,11 @@ class _ChannelAffine2d(nn.Module):
 _SAME_ON_2D = (nn.ReLU, nn.Flatten, T.Add, T.GlobalAvgPool)
 
 
-def _twin_layer(layer: nn.Module, shape: tuple) -> nn.Module:
+def _twin_layer(layer: nn.Module, shape: tuple, device) -> nn.Module:
     """The twin of one layer whose input (batch axis included) has ``shape``."""
     lift = len(shape) == 3                     # (N, C, L), seen as (N, C, 1, L)
     if isinstance(layer, (nn.AvgPool1d, nn.AvgPool2d)):
-        return _AvgPoolAsConv(layer, shape[1], lift)
+        return _AvgPoolAsConv(layer, shape[1], lift, device)
     if not lift or isinstance(layer, _SAME_ON_2D):
         return layer
     if isinstance(layer, nn.Conv1d):
@@ -198,7 +198,8 @@ def bounding_twin(module: nn.Module, input_shape) -> nn.Module:
     shapes = _input_shapes(module, input_shape)
     if len(shapes) != len(children):
         raise ValueError("bounding twin: a layer ran more than once or not at all")
-    twins = [_twin_layer(layer, shape) for layer, shape in zip(children, shapes)]
+    device = next(module.parameters(), torch.zeros(())).device
+    twins = [_twin_layer(layer, shape, device) for layer, shape in zip(children, shapes)]
     if all(t is layer for t, layer in zip(twins, children)):
         return module
     twin = (nn.Sequential(*twins) if isinstance(module, nn.Sequential)
