@@ -84,15 +84,16 @@ def test_soft_pruning_zeroes_what_a_channel_sends_not_what_it_receives():
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
     sp.zero_pruned_outputs(module)
     params = dict(module.named_parameters())
+    consumers = {c for g in sp.groups.values() for c, _ in g.consumers}
     for layer, group in sp.groups.items():
         off = (~sp.unit_masks[layer]).nonzero().flatten().tolist()
-        consumer = params[f"{group.consumer}.weight"]
+        (consumer, per), = group.consumers
         for c in range(group.channels):
-            cols = consumer[:, group.columns(c)]
+            cols = params[f"{consumer}.weight"][:, group.columns(c, per)]
             assert bool((cols == 0).all()) == (c in off)
         incoming = params[f"{layer}.weight"]
         assert all(incoming[c].any() for c in off)             # still there: may come back
-        if layer not in {g.consumer for g in sp.groups.values()}:
+        if layer not in consumers:
             assert torch.equal(incoming, before[f"{layer}.weight"])
 
 
@@ -156,9 +157,9 @@ def _checked_updates(monkeypatch, log):
                         assert not (v[mask == 0] != 0).any(), name
         if not hard:
             for layer, group in sp.groups.items():
-                consumer = params[f"{group.consumer}.weight"]
-                for c in (~sp.unit_masks[layer]).nonzero().flatten().tolist():
-                    assert not consumer[:, group.columns(c)].any()
+                for consumer, per in group.consumers:
+                    for c in (~sp.unit_masks[layer]).nonzero().flatten().tolist():
+                        assert not params[f"{consumer}.weight"][:, group.columns(c, per)].any()
         log.append((step, sum(counts.values()), hard))
         return changed, skip
 

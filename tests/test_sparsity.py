@@ -32,8 +32,8 @@ def test_erk_favours_small_layers_and_floors_first_last():
 def test_channel_groups_through_flatten_and_bn():
     net = build_network("cnn_small", (1, 8, 8), 3, channels=[2, 4], widths=[5], batchnorm=True)
     groups = channel_groups(net)
-    assert [(g.layer, g.batchnorm, g.consumer, g.per_channel) for g in groups] == \
-        [(0, 1, 3, 1), (3, 4, 7, 4), (7, 8, 10, 1)]
+    assert [(g.layer, g.rows, g.batchnorms, g.consumers) for g in groups] == \
+        [(0, (0,), (1,), ((3, 1),)), (3, (3,), (4,), ((7, 4),)), (7, (7,), (8,), ((10, 1),))]
 
 
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])

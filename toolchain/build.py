@@ -132,18 +132,21 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
+    from toolchain.export import exportable_formats
+    formats, skipped = exportable_formats(small.network, cfg.export.formats)
     export_dir = out / "export"
     export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
                                            cfg.verify.eps, data.sha256(), target.int8_kernels),
                             [export_dir],
                             lambda: _export(small, data, cfg, export_dir, reverify_res,
-                                            target.int8_kernels),
+                                            target.int8_kernels, formats, skipped),
                             lambda: _read_json(export_dir / "export.json"))
     shown = [f"{what} {export_res[k]:{fmt}}" for what, k, fmt in (
         ("ONNX diff", "onnx_max_abs_diff", ".1e"),
         ("int8 agreement", "tflite_int8_agreement", ".1%")) if export_res.get(k) is not None]
-    progress.say("exported " + ", ".join(cfg.export.formats)
-                 + (": " + ", ".join(shown) if shown else ""))
+    progress.say("exported " + ", ".join(formats) + (": " + ", ".join(shown) if shown else ""))
+    for reason in dict.fromkeys((export_res.get("skipped") or {}).values()):
+        progress.say(f"[yellow]skipped:[/yellow] {reason}")
 
     int8_res = None
     int8_cert = out / "certificate_int8.json"
@@ -160,7 +163,10 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
         int8_cert.unlink()
 
     bench_res = None
-    if not bench:
+    if bench and "c" not in formats:
+        bench = False
+        progress.say("[yellow]warning:[/yellow] no C export, so no firmware build and QEMU run")
+    elif not bench:
         progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
                      "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
@@ -289,13 +295,16 @@ def _read_compact(model, path: Path) -> dict:
                      "and left to sparse storage at export") if mode == "unstructured" else ""}
 
 
-def _export(small, data, cfg, out: Path, reverify: dict, kernels: str) -> None:
-    """The config's formats into ``out`` (nothing else stays there) and ``export.json``."""
+def _export(small, data, cfg, out: Path, reverify: dict, kernels: str, formats,
+            skipped: dict) -> None:
+    """The formats into ``out`` (nothing else stays there) and ``export.json``;
+    ``skipped`` names the config's formats this network cannot take, and why."""
     from toolchain.export.run import run_exports
 
-    res = run_exports(small, data, out, formats=cfg.export.formats, name=NAME,
+    res = run_exports(small, data, out, formats=formats, name=NAME,
                       eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
                       verified_acc=reverify["verified_acc"], kernels=kernels, exclusive=True)
+    res["skipped"] = skipped
     write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
 
 

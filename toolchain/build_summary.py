@@ -32,7 +32,7 @@ def make_summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> 
                                           "vnnlib_dir", "onnx_max_abs_diff",
                                           "tflite_float_max_abs_diff", "tflite_int8_agreement",
                                           "int8_acc", "float_acc", "sizes", "c",
-                                          "litert_vs_tflm_int8")},
+                                          "litert_vs_tflm_int8", "skipped")},
         # Sizes and counts of the deployable variant (int8 when built); parity of
         # each variant against the host running the same arithmetic.
         "target": {"name": target.name, "variant": variant.get("variant"),

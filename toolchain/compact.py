@@ -2,19 +2,22 @@
 becomes a smaller dense one with the same function.
 
 Why not torch-pruning (DepGraph)? It discovers dependencies by tracing an
-arbitrary torch graph. We already own the graph: the layer list says exactly
-which parameters each channel owns (``sparsity.groups``), so slicing them here
-is short, exact and needs no tracing; it also keeps the layer list the one
-source of truth that export and code generation read.
+arbitrary torch graph. We already own the graph: the IR says exactly which
+parameters each channel owns (``sparsity.groups``: a channel group spans
+every layer an Add or a depthwise conv ties together), so slicing them here
+is short, exact and needs no tracing; it also keeps the IR the one source of
+truth that export and code generation read.
 
-A channel is removed when its weight row is all zero, so its output is a
-constant ``k`` after bias, BatchNorm and ReLU:
+A channel is removed, from every layer of its group, when its weight rows are
+all zero in every layer that writes it, so its output is a constant ``k``
+after bias, BatchNorm and ReLU:
 
-- ``k == 0``: it contributes nothing; remove it from producer and consumer;
-- ``k != 0`` and the consumer is a Linear layer: fold ``W[:, cols] @ k`` into
-  the consumer's bias, then remove it (exact);
-- ``k != 0`` before a convolution: keep it (zero padding makes its effect
-  position-dependent, so folding would not be exact).
+- ``k == 0``: it contributes nothing; remove it from writers and consumers;
+- ``k != 0``, one layer writes it and only Linear layers read it (through
+  BatchNorm, ReLU, Flatten or GlobalAvgPool): fold ``W[:, cols] @ k`` into the
+  consumers' biases, then remove it (exact);
+- ``k != 0`` otherwise (before a convolution, an Add, pooling): keep it (zero
+  padding makes its effect position-dependent, so folding would not be exact).
 
 Tiny example: Conv(1->3) -> ReLU -> Flatten -> Linear(3*4 -> 2) whose conv
 channel 1 is pruned becomes Conv(1->2) -> ReLU -> Flatten -> Linear(2*4 -> 2).
@@ -29,56 +32,79 @@ import torch
 
 from toolchain.models import layers as L
 from toolchain.models.modelfile import VstModel
-from toolchain.sparsity.groups import channel_groups
+from toolchain.models import graph
+from toolchain.sparsity.groups import channel_groups, channel_index, is_depthwise
 
 
-def _channel_constants(model: VstModel, group) -> torch.Tensor:
-    """Per channel: the constant output (after bias, BN, ReLU) if its weights are all 0, else NaN."""
-    s, p = model.state, group.layer
-    w = s[f"{p}.weight"].reshape(group.channels, -1)
-    out = s[f"{p}.bias"].clone().double()
-    if group.batchnorm is not None:
-        b = group.batchnorm
-        scale, shift = model.network.layers[b].affine(
-            *(s[f"{b}.{k}"].double() for k in L.BatchNorm.TENSORS))
-        out = out * scale + shift
-    between = model.network.layers[p + 1:group.consumer]
-    if any(isinstance(layer, L.ReLU) for layer in between):
-        out = out.clamp(min=0)
-    out[(w != 0).any(dim=1)] = float("nan")
-    return out
+def _channel_values(model: VstModel, group) -> dict[int, torch.Tensor]:
+    """Per tensor of the group (by the layer that computes it), per channel: the
+    value the channel has at every position when its rows are all 0 in every
+    layer that writes it; NaN where that is not one number (live channels, or
+    average pooling of a nonzero constant next to zero padding)."""
+    s, net = model.state, model.network
+    rows_zero = torch.stack([(s[f"{i}.weight"].reshape(group.channels, -1) == 0).all(dim=1)
+                             for i in group.rows]).all(dim=0)
+    value: dict[int, torch.Tensor] = {}
+    for i in sorted(group.rows + group.batchnorms + group.through):
+        layer, x = net.layers[i], net.inputs[i][0]
+        if i in group.rows:             # weights all 0: the bias
+            v = torch.where(rows_zero, s[f"{i}.bias"].double(), float("nan"))
+        elif isinstance(layer, L.BatchNorm):
+            scale, shift = layer.affine(*(s[f"{i}.{k}"].double() for k in L.BatchNorm.TENSORS))
+            v = value[x] * scale + shift
+        elif isinstance(layer, L.ReLU):
+            v = value[x].clamp(min=0)
+        elif isinstance(layer, L.Add):
+            v = value[x] + value[net.inputs[i][1]]
+        elif isinstance(layer, (L.AvgPool1d, L.AvgPool2d)) and layer.padding > 0:
+            v = torch.where(value[x] == 0, value[x], float("nan"))
+        else:                           # max pooling, global average, flatten: the same number
+            v = value[x]
+        value[i] = v
+    return value
 
 
-def _plan(model: VstModel):
-    """Channels kept per producer and bias corrections for consumers."""
+def _plan(model: VstModel, groups):
+    """Channels kept per group and bias corrections for consumers.
+
+    A channel whose writers' rows are all 0 goes when every consumer sees it as 0,
+    or as a constant that a Linear consumer folds into its bias (exact); a nonzero
+    constant into a convolution stays (zero padding makes its effect depend on
+    the position)."""
     keep, bias_fix = {}, {}
-    for g in channel_groups(model.network):
-        const = _channel_constants(model, g)
-        consumer = model.network.layers[g.consumer]
-        dead = ~torch.isnan(const)
-        if not isinstance(consumer, L.Linear):
-            dead &= const == 0          # only exact zeros can leave a convolution
+    net = model.network
+    for g in groups:
+        value = _channel_values(model, g)
+        seen = [(c, per, value[net.inputs[c][0]]) for c, per in g.consumers]
+        dead = torch.ones(g.channels, dtype=torch.bool)
+        for c, _, v in seen:
+            dead &= (v == 0) | (~torch.isnan(v) & isinstance(net.layers[c], L.Linear))
         if dead.all():                  # keep one channel so every shape stays valid
             dead[0] = False
-        fold = dead & (const != 0)
-        if fold.any():
-            w = model.state[f"{g.consumer}.weight"].double()
+        for consumer, per, v in seen:
+            fold = dead & (v != 0)
+            if not fold.any():
+                continue
+            w = model.state[f"{consumer}.weight"].double()
             for c in fold.nonzero().flatten().tolist():
-                cols = list(g.columns(c))
-                bias_fix[g.consumer] = bias_fix.get(g.consumer, 0) + w[:, cols].sum(1) * const[c]
+                cols = list(g.columns(c, per))
+                bias_fix[consumer] = bias_fix.get(consumer, 0) + w[:, cols].sum(1) * v[c]
         keep[g.layer] = (~dead).nonzero().flatten()
     return keep, bias_fix
 
 
-def _in_columns(group, kept: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([col for c in kept.tolist() for col in group.columns(c)], dtype=torch.long)
+def _in_columns(kept: torch.Tensor, per: int) -> torch.Tensor:
+    return torch.tensor([col for c in kept.tolist() for col in range(c * per, (c + 1) * per)],
+                        dtype=torch.long)
 
 
 def remove_channels(model: VstModel) -> VstModel:
-    """The same function with dead channels removed from the layer list and the weights."""
-    keep, bias_fix = _plan(model)
-    groups = {g.layer: g for g in channel_groups(model.network)}
-    fed_by = {g.consumer: g for g in groups.values()}
+    """The same function with dead channels removed from the network and the weights:
+    from every layer of their group (rows, depthwise filters, BatchNorms, consumer
+    columns)."""
+    groups = channel_groups(model.network)
+    keep, bias_fix = _plan(model, groups)
+    row_group, col_group = channel_index(model.network, groups)
     state = {k: v.clone() for k, v in model.state.items()}
     masks = {k: v.clone() for k, v in model.masks.items()}
     layers = list(model.network.layers)
@@ -87,8 +113,9 @@ def remove_channels(model: VstModel) -> VstModel:
     for i, layer in enumerate(layers):
         if not isinstance(layer, L.WEIGHTED):
             continue
-        rows = keep.get(i)
-        cols = _in_columns(fed_by[i], keep[fed_by[i].layer]) if i in fed_by else None
+        rows = keep[row_group[i].layer] if i in row_group else None
+        cols = (_in_columns(keep[col_group[i][0].layer], col_group[i][1]) if i in col_group
+                else None)
         for store in (state, masks):
             for name in (f"{i}.weight", f"{i}.bias"):
                 if name in store:
@@ -99,14 +126,14 @@ def remove_channels(model: VstModel) -> VstModel:
                         t = t[:, cols]
                     store[name] = t.contiguous()
         layers[i] = _resized(layer, rows, cols)
-        bn = groups[i].batchnorm if i in groups else None
-        if bn is not None:
+    for g in groups:
+        for bn in g.batchnorms:
             for name in L.BatchNorm.TENSORS:
                 for store in (state, masks):
                     if f"{bn}.{name}" in store:
-                        store[f"{bn}.{name}"] = store[f"{bn}.{name}"][rows].contiguous()
-            layers[bn] = dataclasses.replace(layers[bn], channels=len(rows))
-    net = L.Network(model.network.input_shape, tuple(layers))
+                        store[f"{bn}.{name}"] = store[f"{bn}.{name}"][keep[g.layer]].contiguous()
+            layers[bn] = dataclasses.replace(layers[bn], channels=len(keep[g.layer]))
+    net = L.Network(model.network.input_shape, tuple(layers), model.network.inputs)
     masks = {k: v for k, v in masks.items() if not bool((v != 0).all())}
     return VstModel(net, state, masks, dict(model.record))
 
@@ -116,6 +143,9 @@ def _resized(layer, rows, cols):
     if isinstance(layer, L.Linear):
         return dataclasses.replace(layer, out_features=out or layer.out_features,
                                    in_features=len(cols) if cols is not None else layer.in_features)
+    if is_depthwise(layer):             # one filter per channel: in, out and groups alike
+        n = out or layer.out_channels
+        return dataclasses.replace(layer, in_channels=n, out_channels=n, groups=n)
     return dataclasses.replace(layer, out_channels=out or layer.out_channels,
                                in_channels=len(cols) if cols is not None else layer.in_channels)
 
@@ -128,28 +158,37 @@ def _copy_layer(src: dict, old: int, new: int, dst: dict) -> None:
 
 
 def fold_batchnorm(model: VstModel) -> VstModel:
-    """Fold each BatchNorm into the Conv/Linear right before it (eval-mode statistics).
+    """Fold each BatchNorm into the Conv/Linear it reads, when nothing else reads
+    that layer (eval-mode statistics); the graph loses the BatchNorm nodes.
 
     ``W' = W * g``, ``b' = (b - mean) * g + beta`` with ``g = gamma / sqrt(var + eps)``;
     zeros of W stay zeros, so masks stay valid.
     """
-    src, s = model.network.layers, model.state
-    layers, state, masks = [], {}, {}
-    i = 0
-    while i < len(src):
-        layer, new = src[i], len(layers)
+    src, s, inputs = model.network.layers, model.state, model.network.inputs
+    readers = graph.consumers(inputs)
+    into = {j: inputs[j][0] for j, layer in enumerate(src)
+            if isinstance(layer, L.BatchNorm) and inputs[j][0] >= 0
+            and isinstance(src[inputs[j][0]], L.WEIGHTED) and readers[inputs[j][0]] == [j]}
+    folded = {i: j for j, i in into.items()}
+    index = {graph.INPUT: graph.INPUT}
+    layers, wiring, state, masks = [], [], {}, {}
+    for i, layer in enumerate(src):
+        if i in into:                   # the BatchNorm is gone: its readers read the layer
+            index[i] = index[into[i]]
+            continue
+        new = index[i] = len(layers)
         _copy_layer(s, i, new, state)
         _copy_layer(model.masks, i, new, masks)
-        if isinstance(layer, L.WEIGHTED) and i + 1 < len(src) and isinstance(src[i + 1], L.BatchNorm):
-            w, b = s[f"{i}.weight"], s[f"{i}.bias"]
-            g, shift = src[i + 1].affine(*(s[f"{i+1}.{k}"].double() for k in L.BatchNorm.TENSORS))
+        if i in folded:
+            b = folded[i]
+            w, bias = s[f"{i}.weight"], s[f"{i}.bias"]
+            g, shift = src[b].affine(*(s[f"{b}.{k}"].double() for k in L.BatchNorm.TENSORS))
             state[f"{new}.weight"] = (w.double() * g.view((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
-            state[f"{new}.bias"] = (b.double() * g + shift).to(b.dtype)
-            i += 1                      # the BatchNorm is gone
+            state[f"{new}.bias"] = (bias.double() * g + shift).to(bias.dtype)
         layers.append(layer)
-        i += 1
-    return VstModel(L.Network(model.network.input_shape, tuple(layers)), state, masks,
-                    dict(model.record))
+        wiring.append(tuple(index[j] for j in inputs[i]))
+    return VstModel(L.Network(model.network.input_shape, tuple(layers), tuple(wiring)), state,
+                    masks, dict(model.record))
 
 
 def layer_table(network: L.Network, state: dict) -> list[dict]:

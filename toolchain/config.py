@@ -48,16 +48,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # mlp | cnn_4layer | cnn_small | conv1d (see toolchain/models/zoo.py).
+    # mlp | cnn_4layer | cnn_small | conv1d | ds_cnn | resnet8 | ds_cnn1d |
+    # resnet1d (see toolchain/models/zoo.py), or custom: the network given by
+    # [[model.layers]] tables (models/custom.py).
     # cnn_4layer (the VeriSparse/HYDRA model) certifies ~86% at eps 0.1 when
     # 70% structured-pruned; cnn_small is faster but stops near 80%.
-    arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d"))
+    arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d",
+                                            "ds_cnn", "resnet8", "ds_cnn1d", "resnet1d",
+                                            "custom"))
     # Conv channels per layer; empty keeps the architecture's own.
     channels: list[int] = _opt([], lo=1, hi=4096)
     # Hidden fully connected widths; empty keeps the architecture's own.
     widths: list[int] = _opt([], lo=1, hi=65536)
-    # BatchNorm after each conv / hidden linear layer.
+    # BatchNorm after each conv / hidden linear layer (ds_cnn and the resnets
+    # always have it).
     batchnorm: bool = _opt(False)
+    # [[model.layers]] tables: a network of your own, as a layer graph (arch
+    # becomes "custom"; the zoo options above do not apply).
+    layers: list[dict] = _opt([])
 
 
 @dataclass
@@ -195,6 +203,9 @@ def _did_you_mean(name: str, options) -> str:
 def _check_value(where: str, value: Any, typ: Any, meta: dict) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if typ == list[dict]:                # [[model.layers]]: checked by the models stage
+        from toolchain.models.custom import check_tables
+        return check_tables(value)
     if typ in (int, float, str, bool):
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise VstError(f"config: {where} must be {typ.__name__}, got {value!r}")
@@ -241,7 +252,24 @@ def config_from_dict(data: dict) -> Config:
         if key not in sections:
             raise VstError(f"config: unknown section [{key}]{_did_you_mean(key, sections)}")
     hints = get_type_hints(Config)
-    return _safe_schedule(Config(**{k: _section(k, hints[k], v) for k, v in data.items()}))
+    cfg = Config(**{k: _section(k, hints[k], v) for k, v in data.items()})
+    _custom_model(cfg.model, data.get("model", {}))
+    return _safe_schedule(cfg)
+
+
+def _custom_model(model: ModelConfig, table: dict) -> None:
+    """[[model.layers]] defines the network: arch is then "custom", and the zoo's
+    options may not be given beside it."""
+    if model.layers:
+        zoo_keys = [k for k in ("channels", "widths", "batchnorm") if k in table]
+        if table.get("arch", "custom") != "custom" or zoo_keys:
+            key = zoo_keys[0] if zoo_keys else "arch"
+            raise VstError(f"config: model.{key} does not apply to a network given by "
+                           "[[model.layers]]; remove it")
+        model.arch = "custom"
+    elif model.arch == "custom":
+        raise VstError('config: model.arch = "custom" needs the network in [[model.layers]] '
+                       "tables")
 
 
 def _safe_schedule(cfg: Config) -> Config:

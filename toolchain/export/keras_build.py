@@ -35,6 +35,7 @@ import tempfile
 import numpy as np
 
 from toolchain.errors import VstError
+from toolchain.export import check_exportable
 from toolchain.models import layers as L
 
 log = logging.getLogger("vst.export")
@@ -121,6 +122,7 @@ def _keras():
 
 def build_keras(network: L.Network, state: dict):
     """The Keras model (batch 1, channels-last) computing ``network`` with ``state``."""
+    check_exportable(network, "TFLite")
     keras = _keras()
     p = _numpy(state)
     shapes = [network.input_shape] + network.shapes()

@@ -39,8 +39,12 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
         raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
     if not formats:
         raise VstError("no export format given")
+    from toolchain.export import check_exportable
     from toolchain.export.c import check_name
     check_name(name)                    # it names files: checked before anything is written
+    for fmt, what in (("tflite", "TFLite"), ("c", "C")):
+        if fmt in formats:
+            check_exportable(model.network, what)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".export-*"):     # left by a killed run

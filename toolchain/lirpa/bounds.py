@@ -37,7 +37,7 @@ from torch import nn
 
 from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import VstError
-from toolchain.lirpa import compat
+from toolchain.lirpa import compat, twin
 
 METHODS = ("ibp", "crown-ibp", "crown", "alpha-crown")
 _LIRPA_METHOD = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN",
@@ -77,9 +77,11 @@ class Bounder:
         compat.ensure_patched()
         self.module = module
         self.input_shape = tuple(int(s) for s in input_shape)
-        # Conv1d networks are bounded through their 2-D twin on (N, C, 1, L).
-        self._as_2d = compat.needs_2d_twin(module)
-        self._traced = compat.conv1d_as_conv2d(module) if self._as_2d else module
+        # What auto_LiRPA traces: the module, or its exact twin (twin.py), on
+        # (N, C, 1, L) for signal networks.
+        self._as_2d = twin.needs_lift(self.input_shape)
+        self._traced = twin.bounding_twin(module, self.input_shape)
+        self.refused = twin.refusals(self._traced)     # method -> why, e.g. max pooling
         first = next(module.parameters())
         device = first.device
         example = self._lift(torch.zeros((1,) + self.input_shape, device=device,
@@ -126,7 +128,7 @@ class Bounder:
     def logit_bounds(self, x, eps: float, method: str = "ibp", x_min: float = INPUT_RANGE[0],
                      x_max: float = INPUT_RANGE[1]) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds, each (N, K), on the logits over the input box."""
-        method = _check_method(method)
+        method = self._check(method)
         x = self._here(x)
         with self._frozen_if(method == "alpha-crown"):
             lb, ub = self._bounded.compute_bounds(
@@ -136,7 +138,7 @@ class Bounder:
     def margin_lower(self, x, y, eps: float, method: str = "ibp", x_min: float = INPUT_RANGE[0],
                      x_max: float = INPUT_RANGE[1]) -> torch.Tensor:
         """Lower bounds (N, K-1) on ``logit[y] - logit[j]``, j != y, over the box."""
-        method = _check_method(method)
+        method = self._check(method)
         x, y = self._here(x), self._here(y)
         c = margin_matrix(y, self.num_classes).to(device=x.device, dtype=x.dtype)
         box = self._box(x, eps, x_min, x_max)
@@ -158,6 +160,8 @@ class Bounder:
         """
         if not 0.0 <= beta <= 1.0:
             raise VstError(f"beta must lie in [0, 1], got {beta}")
+        if beta > 0.0:
+            self._check("crown-ibp")
         x, y = self._here(x), self._here(y)
         ibp = self.margin_lower(x, y, eps, "ibp", x_min, x_max)
         if beta == 0.0:
@@ -180,7 +184,7 @@ class Bounder:
         """
         from auto_LiRPA import BoundedTensor, PerturbationLpNorm
 
-        method = _check_method(method)
+        method = self._check(method)
         lower = self._here(lower).reshape((1,) + self.input_shape).float()
         upper = self._here(upper).reshape((1,) + self.input_shape).float()
         if bool((lower > upper).any()):
@@ -233,6 +237,13 @@ class Bounder:
                     node.buffer.copy_(buffers[node.ori_name])
 
     # -- helpers ---------------------------------------------------------------
+
+    def _check(self, method: str) -> str:
+        """The method's key; VstError for an unknown one or one this network refuses."""
+        key = _check_method(method)
+        if key in self.refused:
+            raise VstError(self.refused[key])
+        return key
 
     def _here(self, t):
         """Inputs and labels onto the module's device (bounds come back there)."""

@@ -36,14 +36,22 @@ layer set:
    ``Normalize -> Conv2d`` failed for any batch but 1 (and broadcast wrongly
    for dense patches). We multiply along the patches' input-channel axis,
    which is exact for a constant of shape (1 or N, C, 1, 1).
-7. auto_LiRPA bounds only 2-D convolutions. :func:`conv1d_as_conv2d` builds an
-   exact 2-D twin of a Conv1d network (input ``(N, C, L)`` seen as
-   ``(N, C, 1, L)``) that shares the original modules' parameters.
+7. (Operators auto_LiRPA bounds wrongly or not at all, e.g. 1-D convolutions,
+   grouped convolutions and average pooling under CROWN, are rewritten
+   before tracing, not mended: see ``twin.py``.)
 8. ``BoundConv.bound_backward`` reads ``weight.lower``, which only a parameter
-   leaf has from the start; the twin's weight is ``weight.unsqueeze(2)``, an
-   op node, and CROWN never filled in its (constant) bounds. Such a Conv now
-   lists its weight in ``requires_input_bounds``, so auto_LiRPA computes them
-   (lower = upper = the weight) before the backward pass.
+   leaf has from the start; a twin's weight (``twin.py``), e.g.
+   ``weight.unsqueeze(2)``, is an op node, and CROWN never filled in its
+   (constant) bounds. Such a Conv now lists its weight in
+   ``requires_input_bounds``, so auto_LiRPA computes them (lower = upper = the
+   weight) before the backward pass.
+
+9. ``BoundConv.bound_backward`` ignores ``groups`` when it propagates conv
+   "patches" (and when it starts them), so CROWN through a grouped or
+   depthwise convolution gave bounds that sampled outputs break (found by our
+   tests). A grouped Conv now propagates back as the equal dense convolution
+   with the block-diagonal weight; its forward pass and IBP (correct, and
+   cheaper) stay grouped.
 
 Importing auto_LiRPA also changes process-wide state, which we put back:
 ``warnings.simplefilter("once")`` and TorchScript's profiling executor/mode.
@@ -57,8 +65,6 @@ import types
 import warnings
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 _patched = False
 
@@ -83,6 +89,7 @@ def ensure_patched() -> None:
     _mend_params_forward()
     _mend_multiply_by_const()
     _mend_computed_conv_weight()
+    _mend_grouped_conv_backward()
     _patched = True
 
 
@@ -242,91 +249,7 @@ def _mend_multiply_by_const() -> None:
     BoundMul._multiply_by_const = staticmethod(multiply_by_const)
 
 
-# --- 7: Conv1d networks through a 2-D twin --------------------------------------
-
-class _Conv1dAs2d(nn.Module):
-    """A Conv1d applied to ``(N, C, 1, L)`` as a 1xk Conv2d, same parameters."""
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError("conv1d twin: only numeric zero padding is supported")
-        self.conv = conv
-
-    def forward(self, x):
-        # With height 1, kernel height 1 and no vertical padding, the vertical
-        # stride and dilation do not matter; we make them equal to the
-        # horizontal ones because auto_LiRPA's conv patches mishandle
-        # non-square strides (compute_patches_stride_padding returns a 4-tuple).
-        c = self.conv
-        return F.conv2d(x, c.weight.unsqueeze(2), c.bias, c.stride[0],
-                        (0, c.padding[0]), c.dilation[0], c.groups)
-
-
-class _BatchNormAnyRank(nn.Module):
-    """A BatchNorm1d applied to ``(N, C, 1, L)``, same parameters and statistics."""
-
-    def __init__(self, bn: nn.BatchNorm1d) -> None:
-        super().__init__()
-        self.bn = bn
-
-    def forward(self, x):
-        # Running statistics updated here are auto_LiRPA's copies, which
-        # Bounder.sync overwrites from the module before every bound.
-        bn = self.bn
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias,
-                            bn.training or bn.running_mean is None,
-                            bn.momentum or 0.0, bn.eps)
-
-
-class _ChannelAffine2d(nn.Module):
-    """``(x - mean) / std`` with per-channel constants viewed as (1, C, 1, 1)."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.register_buffer("mean", norm.mean.reshape(1, -1, 1, 1))
-        self.register_buffer("std", norm.std.reshape(1, -1, 1, 1))
-
-    def forward(self, x):
-        return (x - self.mean) / self.std
-
-
-def _is_normalize(layer: nn.Module) -> bool:
-    """vst's ``Normalize`` (models/torch_build.py): buffers ``mean`` and ``std``."""
-    buffers = dict(layer.named_buffers(recurse=False))
-    return "mean" in buffers and "std" in buffers
-
-
-def needs_2d_twin(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv1d) for m in module.modules())
-
-
-def conv1d_as_conv2d(module: nn.Sequential) -> nn.Sequential:
-    """The 2-D twin of a Sequential Conv1d network, sharing its parameters.
-
-    Layers up to the first ``Flatten`` see ``(N, C, 1, L)`` and are wrapped;
-    ``Flatten`` of ``(N, C, 1, L)`` equals ``Flatten`` of ``(N, C, L)``, so the
-    layers after it are reused as they are. Feed the twin ``x.unsqueeze(2)``.
-    """
-    layers, spatial = [], True
-    for layer in module:
-        if spatial and isinstance(layer, nn.Conv1d):
-            layer = _Conv1dAs2d(layer)
-        elif spatial and isinstance(layer, nn.BatchNorm1d):
-            layer = _BatchNormAnyRank(layer)
-        elif spatial and _is_normalize(layer):
-            layer = _ChannelAffine2d(layer)
-        elif isinstance(layer, nn.Flatten):
-            spatial = False
-        elif spatial and not isinstance(layer, nn.ReLU):
-            raise ValueError(f"cannot bound {type(layer).__name__} in a Conv1d network")
-        layers.append(layer)
-    twin = nn.Sequential(*layers)
-    twin.train(module.training)
-    return twin
-
-
-# --- 8: Conv2d whose weight is computed (the Conv1d twin) ------------------------
+# --- 8: Conv2d whose weight is computed (twin.py) --------------------------------
 
 def _mend_computed_conv_weight() -> None:
     from auto_LiRPA.operators.convolution import BoundConv
@@ -344,3 +267,45 @@ def _mend_computed_conv_weight() -> None:
 
     __init__._vst_mended = True
     BoundConv.__init__ = __init__
+
+
+# --- 9: CROWN through grouped convolutions --------------------------------------
+
+def block_diagonal(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The dense (out, in, kh, kw) weight equal to a grouped convolution's
+    (out, in / groups, kh, kw) weight: zero between groups.
+
+    >>> block_diagonal(torch.ones(2, 1, 1, 1), 2)[:, :, 0, 0]
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    out, per_in = weight.shape[:2]
+    per_out = out // groups
+    dense = weight.new_zeros((out, per_in * groups) + tuple(weight.shape[2:]))
+    for g in range(groups):
+        rows = slice(g * per_out, (g + 1) * per_out)
+        dense[rows, g * per_in:(g + 1) * per_in] = weight[rows]
+    return dense
+
+
+def _mend_grouped_conv_backward() -> None:
+    from auto_LiRPA.operators.convolution import BoundConv
+
+    original = BoundConv.bound_backward
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def bound_backward(self, last_lA, last_uA, *x):
+        if self.groups == 1:
+            return original(self, last_lA, last_uA, *x)
+        # bound_backward reads the weight as x[1].lower (the bias as x[2].lower)
+        dense = block_diagonal(x[1].lower, self.groups)
+        weight = types.SimpleNamespace(lower=dense, upper=dense)
+        groups, self.groups = self.groups, 1
+        try:
+            return original(self, last_lA, last_uA, x[0], weight, *x[2:])
+        finally:
+            self.groups = groups
+
+    bound_backward._vst_mended = True
+    BoundConv.bound_backward = bound_backward

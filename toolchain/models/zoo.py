@@ -1,13 +1,20 @@
-"""The model zoo: builders that return a layer list.
+"""The model zoo: builders that return a network (the graph IR).
 
 ``cnn_4layer`` is the network used by the VeriSparse authors and by HYDRA
 (conv 16 and conv 32, 4x4 stride 2, FC 100, FC 10). ``cnn_small`` halves its
 widths so the default build trains in minutes on two CPU cores.
+
+The graph models are MLPerf Tiny's reference shapes, scaled to the input
+(``zoo_graph.py``): ``ds_cnn`` / ``ds_cnn1d`` (keyword spotting: a strided
+conv, four depthwise-separable blocks, global average pooling) and
+``resnet8`` / ``resnet1d`` (image classification: three residual stages
+16/32/64, 1x1 projection shortcuts where the shape changes).
 """
 
 from __future__ import annotations
 
 from toolchain.errors import VstError
+from toolchain.models import zoo_graph
 from toolchain.models.layers import (BatchNorm, Conv1d, Conv2d, Flatten, Linear,
                                      Network, ReLU, Shape)
 
@@ -61,7 +68,11 @@ def conv1d(input_shape: Shape, num_classes: int, channels=(16, 32), widths=(64,)
                  input_shape, widths, num_classes, batchnorm)
 
 
-ZOO = {"mlp": mlp, "cnn_4layer": cnn_4layer, "cnn_small": cnn_small, "conv1d": conv1d}
+ZOO = {"mlp": mlp, "cnn_4layer": cnn_4layer, "cnn_small": cnn_small, "conv1d": conv1d,
+       "ds_cnn": zoo_graph.ds_cnn, "ds_cnn1d": zoo_graph.ds_cnn1d,
+       "resnet8": zoo_graph.resnet8, "resnet1d": zoo_graph.resnet1d}
+# architectures without hidden linear layers (no ``widths``), always with BatchNorm
+GRAPH_ZOO = ("ds_cnn", "ds_cnn1d", "resnet8", "resnet1d")
 
 
 def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=None,
@@ -69,11 +80,24 @@ def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=N
     """Build a zoo architecture by name; ``None`` options keep its defaults."""
     if arch not in ZOO:
         raise VstError(f"unknown model {arch!r}; choose one of {', '.join(ZOO)}")
-    kwargs = {"batchnorm": batchnorm}
+    kwargs = {} if arch in GRAPH_ZOO else {"batchnorm": batchnorm}
     if widths is not None:
+        if arch in GRAPH_ZOO:
+            raise VstError(f"model {arch} has no hidden linear layers: model.widths does not "
+                           "apply")
         kwargs["widths"] = tuple(widths)
     if channels is not None and arch != "mlp":
         kwargs["channels"] = tuple(channels)
     network = ZOO[arch](tuple(input_shape), num_classes, **kwargs)
     network.check_size(f"model {arch}")
     return network
+
+
+def network_for(model, input_shape: Shape, num_classes: int) -> Network:
+    """The network a ``[model]`` config section describes: a zoo architecture, or
+    the ``[[model.layers]]`` graph when ``arch`` is ``custom``."""
+    if model.arch == "custom":
+        from toolchain.models.custom import build_custom
+        return build_custom(model.layers, input_shape, num_classes)
+    return build_network(model.arch, input_shape, num_classes, channels=model.channels or None,
+                         widths=model.widths or None, batchnorm=model.batchnorm)

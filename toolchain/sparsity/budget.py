@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from toolchain.sparsity.groups import channel_index
+
 FIRST_LAST_FLOOR = 0.3
 
 
@@ -88,27 +90,30 @@ def _fix_total(kept, units, unit, target, frozen) -> None:
 
 
 def live_weights(network, groups, alive: dict[int, int]) -> int:
-    """Weights between live channels, with ``alive[layer]`` channels kept per group."""
-    fed_by = {g.consumer: g for g in groups}
+    """Weights between live channels, with ``alive[group.layer]`` channels kept per group
+    (a layer's rows counted on the group that owns them, its columns on the group
+    that feeds them)."""
+    rows, cols = channel_index(network, groups)
     total = 0
     for i, layer in enumerate(network.layers):
         if not hasattr(layer, "weight_shape"):
             continue
         shape = layer.weight_shape()
-        rows = alive.get(i, shape[0])
-        cols = shape[1]
-        if i in fed_by:
-            g = fed_by[i]
-            cols = alive.get(g.layer, g.channels) * g.per_channel
-        total += rows * cols * math.prod(shape[2:])
+        n_rows = alive.get(rows[i].layer, shape[0]) if i in rows else shape[0]
+        n_cols = shape[1]
+        if i in cols:
+            g, per = cols[i]
+            n_cols = alive.get(g.layer, g.channels) * per
+        total += n_rows * n_cols * math.prod(shape[2:])
     return total
 
 
 def allocate_channels(network, groups, density: float) -> dict[int, int]:
     """Channels kept per group for structured sparsity.
 
-    Removing a channel also removes the consumer's inputs from it, so the
-    budget is the share of weights between live channels. Every layer keeps
+    Removing a channel removes it from every layer of its group (rows of the
+    layers writing it, depthwise filters, consumer inputs), so the budget is
+    the share of weights between live channels, counted on the groups. Every layer keeps
     the same fraction ``r`` of its channels (at least one), with ``r`` chosen
     so that share is as close to ``density`` as possible, then single channels
     are moved while that brings it closer still.

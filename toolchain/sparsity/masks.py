@@ -1,9 +1,11 @@
 """Sparse masks: random sparse initialization, enforcement, and the DST update.
 
 ``Sparsifier`` owns the masks of one network. Unstructured: one 0/1 entry per
-weight of every Conv/Linear layer. Structured: one entry per output channel of
-every Conv/Linear layer but the classifier, expanded to the channel's weight
-row, bias and BatchNorm affine parameters, so a pruned channel outputs 0.
+weight of every Conv/Linear layer. Structured: one entry per channel of each
+channel group (``groups.py``: the channels an Add or a depthwise conv ties
+together are one unit), expanded to the rows, biases and BatchNorm affine
+parameters of every layer of the group, so a pruned channel outputs 0.
+Units are keyed by layer index (unstructured) or by the group's first layer.
 
 The number of kept units per layer is fixed at initialization (the budget)
 and every update drops and regrows the same number, so density never moves.
@@ -23,7 +25,7 @@ import torch
 
 from toolchain.models.layers import Network
 from toolchain.sparsity.budget import allocate, allocate_channels
-from toolchain.sparsity.groups import channel_groups, weighted_layers
+from toolchain.sparsity.groups import channel_groups, channel_index, weighted_layers
 
 
 def _is_weight(sp, name: str) -> bool:
@@ -53,6 +55,7 @@ class Sparsifier:
         self.layers = weighted_layers(network)
         self.groups = ({g.layer: g for g in channel_groups(network)}
                        if mode == "structured" else {})
+        self.row_group, self.col_group = channel_index(network, list(self.groups.values()))
         kept = self.budget(density)
         self.unit_masks = {layer: _random_mask(self._units(layer), kept[layer], gen)
                            for layer in (self.groups or self.layers)}
@@ -83,20 +86,26 @@ class Sparsifier:
             return {f"{layer}.weight": m.view(self.network.layers[layer].weight_shape()).float()
                     for layer, m in self.unit_masks.items()}
         out = {}
-        fed_by = {g.consumer: g for g in self.groups.values()}
         for layer in self.layers:
             shape = self.network.layers[layer].weight_shape()
-            rows = self.unit_masks.get(layer, torch.ones(shape[0], dtype=torch.bool))
-            cols = torch.ones(shape[1], dtype=torch.bool)
-            if layer in fed_by:
-                g = fed_by[layer]
-                cols = self.unit_masks[g.layer].repeat_interleave(g.per_channel)
+            rows = (self.unit_masks[self.row_group[layer].layer] if layer in self.row_group
+                    else torch.ones(shape[0], dtype=torch.bool))
+            cols = self.in_columns(layer, torch.ones(shape[1], dtype=torch.bool))
             w = rows.view(-1, 1) & cols.view(1, -1)
             out[f"{layer}.weight"] = w.view(shape[:2] + (1,) * (len(shape) - 2)).expand(shape).float()
-            if layer in self.groups:
-                for name in self.groups[layer].param_names()[1:]:
-                    out[name] = rows.float()
+        for key, g in self.groups.items():
+            for name in g.param_names():
+                if not name.endswith(".weight") or int(name.split(".")[0]) in g.batchnorms:
+                    out[name] = self.unit_masks[key].float()
         return out
+
+    def in_columns(self, layer: int, default=None):
+        """Structured: which of ``layer``'s input columns are alive (``default``
+        when no group feeds it)."""
+        if layer not in self.col_group:
+            return default
+        g, per = self.col_group[layer]
+        return self.unit_masks[g.layer].repeat_interleave(per)
 
     def kept_weights(self) -> int:
         """Conv/Linear weights that can be nonzero under the masks."""
@@ -120,8 +129,8 @@ class Sparsifier:
         """
         if self.mode == "unstructured":
             return {str(k): v for k, v in self.layer_density().items()}
-        return {str(g.consumer): float(self.unit_masks[layer].float().mean())
-                for layer, g in self.groups.items()}
+        return {str(i): float(self.unit_masks[g.layer].float().mean())
+                for i, (g, _) in self.col_group.items()}
 
     # -- enforcement ------------------------------------------------------
     @torch.no_grad()
@@ -146,10 +155,10 @@ class Sparsifier:
                      for layer, m in self.unit_masks.items()}
         else:
             masks = {}
-            for layer, g in self.groups.items():
-                cols = self.unit_masks[layer].repeat_interleave(g.per_channel)
-                shape = params[f"{g.consumer}.weight"].shape
-                masks[f"{g.consumer}.weight"] = cols.view(1, -1, *(1,) * (len(shape) - 2))
+            for layer in self.col_group:
+                shape = params[f"{layer}.weight"].shape
+                masks[f"{layer}.weight"] = self.in_columns(layer).view(1, -1,
+                                                                       *(1,) * (len(shape) - 2))
         for name, mask in masks.items():
             _mask_param(params[name], mask.float(), optimizer)
 
@@ -177,9 +186,8 @@ class Sparsifier:
         for layer, mask in self.unit_masks.items():
             if self.mode == "structured" and layer not in self.groups:
                 continue
-            w = params[f"{layer}.weight"]
-            magnitude = (w.reshape(w.shape[0], -1).norm(dim=1) if self.mode == "structured"
-                         else w.abs().reshape(-1)).cpu()       # the masks live on the CPU
+            magnitude = (self.row_norm(params, layer) if self.mode == "structured"
+                         else params[f"{layer}.weight"].abs().reshape(-1)).cpu()  # masks: CPU
             active = mask.nonzero().flatten()
             inactive = (~mask).nonzero().flatten()
             k = min(int(fraction * len(active)), len(inactive))
@@ -220,6 +228,13 @@ class Sparsifier:
             self.unit_masks[layer] = new
         return changed
 
+    def row_norm(self, tensors: dict, key: int) -> torch.Tensor:
+        """Per channel of group ``key``: the L2 norm of its rows in every layer that
+        writes it (its incoming weights)."""
+        g = self.groups[key]
+        return torch.cat([tensors[f"{i}.weight"].reshape(g.channels, -1) for i in g.rows],
+                         dim=1).norm(dim=1)
+
     def _reset_grown(self, params, layer: int, grow: torch.Tensor) -> None:
         """Regrown units start so that the network's function is unchanged.
 
@@ -232,6 +247,7 @@ class Sparsifier:
             params[f"{layer}.weight"].view(-1)[grow] = 0.0
             return
         g = self.groups[layer]
-        consumer = params[f"{g.consumer}.weight"]
-        for c in grow.tolist():
-            consumer[:, g.columns(c)] = 0.0
+        for consumer, per in g.consumers:
+            weight = params[f"{consumer}.weight"]
+            for c in grow.tolist():
+                weight[:, g.columns(c, per)] = 0.0

@@ -34,9 +34,11 @@ def grow_scores(run, xb, yb, eps: float, gen: torch.Generator) -> dict[int, torc
     loss.backward()
     scores = {}
     for layer, group in sp.groups.items():
-        grad = params[f"{group.consumer}.weight"].grad
-        per_channel = grad.reshape(grad.shape[0], group.channels, -1)
-        scores[layer] = per_channel.pow(2).sum(dim=(0, 2)).sqrt().cpu()
+        square = 0
+        for consumer, _ in group.consumers:          # every layer the channel feeds
+            grad = params[f"{consumer}.weight"].grad
+            square = square + grad.reshape(grad.shape[0], group.channels, -1).pow(2).sum(dim=(0, 2))
+        scores[layer] = square.sqrt().cpu()
     return scores
 
 
@@ -47,14 +49,15 @@ def _fill_inactive(params, sp, gen: torch.Generator) -> None:
         off = (~sp.unit_masks[layer]).nonzero().flatten()
         if len(off) == 0:
             continue
-        w = params[f"{layer}.weight"]
-        fan_in = w[0].numel()
-        fresh = torch.randn((len(off),) + tuple(w.shape[1:]), generator=gen)
-        w[off] = (fresh * ibp_std(fan_in)).to(w.device)
-        params[f"{layer}.bias"][off] = 0.0
-        if group.batchnorm is not None:
-            params[f"{group.batchnorm}.weight"][off] = 1.0
-            params[f"{group.batchnorm}.bias"][off] = 0.0
-        consumer = params[f"{group.consumer}.weight"]
-        for c in off.tolist():
-            consumer[:, group.columns(c)] = 0.0
+        for row in group.rows:                      # the layers that write the channel
+            w = params[f"{row}.weight"]
+            fresh = torch.randn((len(off),) + tuple(w.shape[1:]), generator=gen)
+            w[off] = (fresh * ibp_std(w[0].numel())).to(w.device)
+            params[f"{row}.bias"][off] = 0.0
+        for bn in group.batchnorms:
+            params[f"{bn}.weight"][off] = 1.0
+            params[f"{bn}.bias"][off] = 0.0
+        for consumer, per in group.consumers:
+            weight = params[f"{consumer}.weight"]
+            for c in off.tolist():
+                weight[:, group.columns(c, per)] = 0.0

@@ -17,7 +17,7 @@ from toolchain.config import Config
 from toolchain.errors import VstError
 from toolchain.models.modelfile import VstModel
 from toolchain.models.torch_build import build_torch
-from toolchain.models.zoo import build_network
+from toolchain.models.zoo import network_for
 from toolchain.sparsity.masks import Sparsifier
 from toolchain.train.certified import ibp_init
 from toolchain.train.distributed import World
@@ -64,9 +64,7 @@ def make_run(cfg: Config, data, *, method,
 
     t, s = cfg.train, cfg.sparsity
     torch.manual_seed(t.seed)
-    network = build_network(cfg.model.arch, data.input_shape, data.num_classes,
-                            channels=cfg.model.channels or None,
-                            widths=cfg.model.widths or None, batchnorm=cfg.model.batchnorm)
+    network = network_for(cfg.model, data.input_shape, data.num_classes)
     module = build_torch(network)
     sparsifier: Sparsifier | None = method.make_sparsifier(
         cfg, network, torch.Generator().manual_seed(t.seed + 1))

@@ -226,6 +226,10 @@ def _edges(graph: Graph) -> tuple[int, int, set[int]]:
 
 def int8_plan(graph: Graph) -> tuple[list[QOp], dict[str, int], Tensor, Tensor]:
     """The ops, the byte size of each ping-pong buffer, the C input and output tensors."""
+    for k, op in enumerate(graph.ops):
+        if op.name not in BUILDERS and op.name not in ALIAS_OPS + ("QUANTIZE", "DEQUANTIZE"):
+            raise VstError(f"tflite: operator {op.name} #{k} is not supported by the C "
+                           "generator yet")
     io_in, io_out, skip = _edges(graph)
     alias = {io_in: io_in}
     resolve = lambda t: alias.get(t, t)  # noqa: E731

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolchain.errors import VstError
+from toolchain.export import check_exportable
 from toolchain.models import layers as L
 
 
@@ -178,6 +179,7 @@ def op_row(k: int, name: str, kind: str, weight, geom: ConvGeom | None,
 
 def float_plan(network: L.Network, state: dict) -> tuple[list[FloatOp], dict[str, int]]:
     """The ops of ``network`` and the float count of each ping-pong buffer."""
+    check_exportable(network, "C")
     ops = _ops(network, _numpy(state))
     for op in ops:
         if op.weight is not None:

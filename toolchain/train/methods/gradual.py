@@ -90,12 +90,14 @@ class Gradual(Method):
                 out[layer] = (w * w.grad).abs().reshape(-1) if w.grad is not None else w.new_zeros(w.numel())
             return out
         for layer, group in sp.groups.items():
-            w = params[f"{group.consumer}.weight"]
-            if w.grad is None:
-                out[layer] = w.new_zeros(group.channels)
-                continue
-            wg = (w * w.grad).reshape(w.shape[0], group.channels, -1)
-            out[layer] = wg.sum(dim=(0, 2)).abs()
+            total = 0
+            for consumer, _ in group.consumers:     # the change of the loss, all outputs
+                w = params[f"{consumer}.weight"]
+                if w.grad is not None:
+                    total = total + (w * w.grad).reshape(w.shape[0], group.channels,
+                                                         -1).sum(dim=(0, 2))
+            out[layer] = (total.abs() if torch.is_tensor(total)
+                          else params[f"{layer}.weight"].new_zeros(group.channels))
         return out
 
     @torch.no_grad()
@@ -107,9 +109,9 @@ class Gradual(Method):
                 out[layer] = w.abs().reshape(-1)
                 continue
             group = sp.groups[layer]
-            w_in = w.reshape(w.shape[0], -1).norm(dim=1)
-            c = params[f"{group.consumer}.weight"]
-            w_out = c.transpose(0, 1).reshape(group.channels, -1).norm(dim=1)
+            w_in = sp.row_norm(params, layer)
+            w_out = torch.cat([params[f"{c}.weight"].transpose(0, 1).reshape(group.channels, -1)
+                               for c, _ in group.consumers], dim=1).norm(dim=1)
             out[layer] = w_in * w_out
         return out
 

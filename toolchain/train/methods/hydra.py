@@ -75,10 +75,11 @@ def _train_scores(run, epochs: int) -> None:
     frozen = {k: v.detach().clone() for k, v in params.items()}
     structured = sp.mode == "structured"
 
-    def unit_view(tensor):
-        return tensor.reshape(tensor.shape[0], -1).norm(dim=1) if structured else tensor.reshape(-1)
+    def rows(layer):          # the layers whose weights a unit of ``layer`` scales
+        return sp.groups[layer].rows if structured else (layer,)
 
-    scores = {layer: unit_view(frozen[f"{layer}.weight"]).abs().clone().requires_grad_(True)
+    scores = {layer: (sp.row_norm(frozen, layer) if structured
+                      else frozen[f"{layer}.weight"].reshape(-1)).abs().clone().requires_grad_(True)
               for layer in sp.unit_masks}
     opt = torch.optim.Adam(scores.values(), lr=t.lr * 2)
     run.module.train()
@@ -95,8 +96,12 @@ def _train_scores(run, epochs: int) -> None:
             loss.backward()
             opt.zero_grad()
             for layer, s in scores.items():
-                g = params[f"{layer}.weight"].grad * frozen[f"{layer}.weight"]   # straight-through
-                s.grad = g.reshape(g.shape[0], -1).sum(1) if structured else g.reshape(-1)
+                grad = 0
+                for row in rows(layer):                                     # straight-through
+                    g = params[f"{row}.weight"].grad * frozen[f"{row}.weight"]
+                    grad = grad + (g.reshape(g.shape[0], -1).sum(1) if structured
+                                   else g.reshape(-1))
+                s.grad = grad
             opt.step()
     _topk_masks(run, {k: v.detach() for k, v in scores.items()})
     with torch.no_grad():
