@@ -9,7 +9,6 @@ one line on stderr with exit code 2 and 1.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -253,8 +252,10 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     unknown = [f for f in fmts if f not in FORMATS]
     if unknown:
         raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
-    if eps is not None and not (math.isfinite(eps) and eps >= 0):
-        raise VstError(f"--eps must be a finite number >= 0, got {eps}")
+    if eps is not None:
+        from toolchain.eps import check_eps
+
+        check_eps(eps, "--eps")
     check_name(name)
     check_writable(out, directory=True)
     vst_model = load_any_model(model)

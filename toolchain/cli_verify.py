@@ -19,13 +19,15 @@ from toolchain.errors import GateFailed, VstError
 def _eps_list(text: str | None) -> list[float] | None:
     if text is None:
         return None
+    from toolchain.eps import check_eps
+
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise VstError(f"--eps must be numbers separated by commas, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise VstError(f"--eps must be >= 0 and finite, got {text!r}")
-    return values
+    if not values:
+        raise VstError(f"--eps names no value, got {text!r}")
+    return [check_eps(v, "--eps") for v in values]
 
 
 @click.command()

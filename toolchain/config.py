@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from toolchain.eps import MAX_EPS
 from toolchain.errors import VstError
 
 log = logging.getLogger("vst.config")
@@ -51,7 +52,8 @@ class ModelConfig:
     # cnn_4layer (the VeriSparse/HYDRA model) certifies ~86% at eps 0.1 when
     # 70% structured-pruned; cnn_small is faster but stops near 80%.
     arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d"))
-    # Conv channels per layer; empty keeps the architecture's own.
+    # Channels of the two conv layers (conv archs only; an mlp has none); empty
+    # keeps the architecture's own.
     channels: list[int] = _opt([], lo=1, hi=4096)
     # Hidden fully connected widths; empty keeps the architecture's own.
     widths: list[int] = _opt([], lo=1, hi=65536)
@@ -103,7 +105,7 @@ class TrainConfig:
     # Adam. The papers use 5e-4 over ~100k steps; we have ~3k, so 1e-3.
     lr: float = _opt(1e-3, lo=0.0, hi=1.0, lo_open=True)
     # Training eps; larger than the test eps makes the certificate hold with margin.
-    eps: float = _opt(0.15, lo=0.0, hi=1.0)
+    eps: float = _opt(0.15, lo=0.0, hi=MAX_EPS)
     # Natural-loss epochs before eps starts to grow.
     warmup_epochs: int = _opt(2, lo=0, hi=100000)
     # Epochs over which eps ramps (exponential, then linear) to its final value.
@@ -131,7 +133,7 @@ class TrainConfig:
 @dataclass
 class VerifyConfig:
     # The eps the certificate speaks about (L-inf, in input units of [0, 1]).
-    eps: float = _opt(0.1, lo=0.0, hi=1.0)
+    eps: float = _opt(0.1, lo=0.0, hi=MAX_EPS)
     # ibp | crown | alpha-crown | all (cascade, cheapest first, then complete
     # verification of what is left) | complete (MILP alone).
     method: str = _opt("crown", choices=("ibp", "crown", "alpha-crown", "all", "complete"))
@@ -191,9 +193,17 @@ def _did_you_mean(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_value(where: str, value: Any, typ: Any, meta: dict) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:                  # an integer too large for a float
+            raise VstError(f"config: {where} is out of range, got {_short(value)}") from None
     if typ in (int, float, str, bool):
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise VstError(f"config: {where} must be {typ.__name__}, got {value!r}")
@@ -240,7 +250,19 @@ def config_from_dict(data: dict) -> Config:
         if key not in sections:
             raise VstError(f"config: unknown section [{key}]{_did_you_mean(key, sections)}")
     hints = get_type_hints(Config)
-    return _safe_schedule(Config(**{k: _section(k, hints[k], v) for k, v in data.items()}))
+    cfg = Config(**{k: _section(k, hints[k], v) for k, v in data.items()})
+    _check_model(cfg.model)
+    return _safe_schedule(cfg)
+
+
+def _check_model(model: ModelConfig) -> None:
+    """``channels`` must fit the arch (the zoo's rule); empty keeps the arch's own."""
+    from toolchain.models.zoo import check_options
+
+    try:
+        check_options(model.arch, model.channels or None)
+    except VstError as exc:
+        raise VstError(f"config: {exc}") from None
 
 
 def _safe_schedule(cfg: Config) -> Config:
@@ -270,11 +292,12 @@ def load_config(path: str | Path | None) -> Config:
     """Read ``path`` (``None``: the embedded default) into a validated ``Config``."""
     if path is None:
         return Config()
+    from toolchain.inputs import MAX_TOML_BYTES, read_input
+
     path = Path(path)
-    if not path.is_file():
-        raise VstError(f"config file not found: {path}")
+    raw = read_input(path, "config file", limit=MAX_TOML_BYTES, gunzip=False)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise VstError(f"config: {path} is not valid TOML ({exc})") from None
     return config_from_dict(data)

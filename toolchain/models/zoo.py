@@ -62,17 +62,40 @@ def conv1d(input_shape: Shape, num_classes: int, channels=(16, 32), widths=(64,)
 
 
 ZOO = {"mlp": mlp, "cnn_4layer": cnn_4layer, "cnn_small": cnn_small, "conv1d": conv1d}
+# Conv layers per architecture: ``channels`` must name exactly that many (the
+# conv archs are two-conv stacks: cnn_4layer is conv, conv, FC, FC); an mlp has
+# none, so ``channels`` given to it is a mistake, not a no-op. Every arch takes
+# ``widths``: its hidden fully connected layers, as many as listed.
+CONV_LAYERS = {"mlp": 0, "cnn_4layer": 2, "cnn_small": 2, "conv1d": 2}
+
+
+def check_options(arch: str, channels, where: str = "model") -> None:
+    """``channels`` (``None``: the arch's own) must fit ``arch``.
+
+    >>> check_options("mlp", [8, 16])
+    Traceback (most recent call last):
+    ...
+    toolchain.errors.VstError: model.channels does not apply to arch mlp (it has no conv layers); remove it
+    """
+    if arch not in ZOO:
+        raise VstError(f"unknown model {arch!r}; choose one of {', '.join(ZOO)}")
+    convs = CONV_LAYERS[arch]
+    if channels is not None and not convs:
+        raise VstError(f"{where}.channels does not apply to arch {arch} (it has no conv "
+                       "layers); remove it")
+    if channels is not None and len(channels) != convs:
+        raise VstError(f"{where}.channels must list {convs} channel counts (one per conv "
+                       f"layer) for arch {arch}, got {len(channels)}: {list(channels)}")
 
 
 def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=None,
                   widths=None, batchnorm: bool = False) -> Network:
     """Build a zoo architecture by name; ``None`` options keep its defaults."""
-    if arch not in ZOO:
-        raise VstError(f"unknown model {arch!r}; choose one of {', '.join(ZOO)}")
+    check_options(arch, channels)
     kwargs = {"batchnorm": batchnorm}
     if widths is not None:
         kwargs["widths"] = tuple(widths)
-    if channels is not None and arch != "mlp":
+    if channels is not None:
         kwargs["channels"] = tuple(channels)
     network = ZOO[arch](tuple(input_shape), num_classes, **kwargs)
     network.check_size(f"model {arch}")

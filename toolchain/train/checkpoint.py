@@ -24,6 +24,7 @@ import torch
 
 from toolchain.atomic import atomic_path
 from toolchain.errors import VstError
+from toolchain.inputs import check_input
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -95,8 +96,9 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = out_dir / CHECKPOINT
-    if not path.is_file():
+    if not path.exists():
         raise VstError(f"nothing to resume: no {CHECKPOINT} in {out_dir}")
+    check_input(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()
