@@ -105,6 +105,10 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         raise VstError("pass MODEL (or --vnnlib instances.csv, which names its networks)")
     if results_dir is not None:
         raise VstError("--results applies with --vnnlib")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise VstError(f"--plot writes a PNG image; give a .png file name, got {plot_path.name}")
+    if model.suffix.lower() == ".tflite":
+        _refuse_for_int8(ctx)
     eps_list = _eps_list(eps_text)
     from toolchain.train.distributed import resolve_device
 
@@ -161,6 +165,26 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         where = f", shard {shard[0]}/{shard[1]}" if shard else ""
         raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
                          f"at eps={first.eps:g} ({method}, n={first.n}{where})")
+
+
+# Options of `vst verify` that an int8 .tflite has no use for: its bounds are one
+# method (TFLite's integer arithmetic, on the CPU) and it writes no plot or JUnit.
+NOT_FOR_INT8 = (("--method", "method"), ("--plot", "plot_path"), ("--junit", "junit_path"),
+                ("--timeout", "timeout"), ("--device", "device"))
+
+
+def _refuse_for_int8(ctx) -> None:
+    """One line for the first option given that does not apply to an int8 model
+    (rather than ignoring it: a user asking for alpha-CROWN must not be told an
+    int8 result as if it were one)."""
+    from click.core import ParameterSource
+
+    given = [flag for flag, name in NOT_FOR_INT8
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise VstError(f"{given[0]} does not apply to an int8 .tflite (its bounds are "
+                       "TFLite's integer arithmetic, one method on the CPU; it writes the "
+                       "table and --json only)")
 
 
 def _gate_certificate(cert: dict, min_verified: float) -> None:
