@@ -244,3 +244,45 @@ def test_a_closed_or_abandoned_stdout_still_writes_and_gates(tmp_path):
         assert (tmp_path / cert).is_file()
     assert gone.returncode == 1 and "gate failed" in err, err
     assert closed.returncode == 0, closed.stderr
+
+
+# -- a read-only HOME and TMPDIR: commands that need neither still work ------------
+
+def test_unwritable_home_and_tmpdir_are_not_needed_to_plot(tmp_path):
+    """matplotlib's config and cache go to a private scratch folder: no warning,
+    no failure, nothing left in the working folder."""
+    from helpers import random_model
+    from toolchain.models.layers import Flatten, Linear, Network
+    from toolchain.models.modelfile import save_model
+
+    model = random_model(Network((1, 28, 28), (Flatten(), Linear(784, 10))))
+    model.record = {"config": {"data": {"dataset": "mnist5k"}, "verify": {"eps": 0.1}}}
+    save_model(tmp_path / "m.vst", model)
+    (tmp_path / "a_file").write_text("x")          # nothing can be made under a file
+    env = {k: v for k, v in ENV.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME",
+                                                       "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path / "a_file" / "home"), TMPDIR=str(tmp_path / "a_file" / "tmp"))
+    work = tmp_path / "work"
+    work.mkdir()
+    res = subprocess.run([sys.executable, "-m", "toolchain", "verify", "../m.vst", "--n", "4",
+                          "--plot", "../p.png"], capture_output=True, text=True, cwd=work,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    noise = [line for line in res.stderr.splitlines() if not line.startswith("vst: verify ")]
+    assert not noise, res.stderr
+    assert not list(work.iterdir())
+
+
+def test_no_writable_temporary_folder_falls_back_beside_the_output(tmp_path, monkeypatch):
+    import tempfile
+
+    from toolchain import scratch
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr(scratch, "_temp_folders", lambda: [str(tmp_path / "a_file" / "t")])
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    (tmp_path / "out_parent").mkdir()
+    scratch.ensure_tempdir(tmp_path / "out_parent")
+    assert Path(tempfile.gettempdir()).parent == tmp_path / "out_parent"
+    assert scratch.scratch_file().write(b"abc") == 3

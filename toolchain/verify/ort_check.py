@@ -29,16 +29,9 @@ class OrtRunner:
     """One onnxruntime session of an ONNX file (CPU, one thread)."""
 
     def __init__(self, path) -> None:
-        import onnxruntime as ort
+        from toolchain.export.onnx import ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise VstError(f"{path}: onnxruntime cannot load it "
-                           f"({str(exc).splitlines()[0]})") from None
+        self.session = ort_session(path)
         first = self.session.get_inputs()[0]
         self.name = first.name
         self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
