@@ -333,20 +333,20 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
     from toolchain.data import load_dataset
     from toolchain.display import table
+    from toolchain.inputs import check_input
     from toolchain.verify.certificate import load_certificate
     from toolchain.verify.int8_bounds import Int8Bounds
     from toolchain.verify.int8_certificate import (build_int8_certificate,
                                                    check_int8_certificate,
                                                    save_int8_certificate, verify_int8_samples)
 
-    if not tflite.is_file():
-        raise VstError(f"model not found: {tflite}")
+    check_input(tflite, "model")
     if not data:
         raise VstError("an int8 .tflite does not say which data it was trained on; pass --data")
     if n < 0:
         raise VstError(f"--n must be >= 0, got {n}")
-    if c_source is not None and not c_source.is_file():
-        raise VstError(f"--c-source not found: {c_source}")
+    if c_source is not None:
+        check_input(c_source, "--c-source file")
     dataset = load_dataset(data)
     bounds = Int8Bounds.from_tflite(tflite)
     if bounds.x_t.size != math.prod(dataset.input_shape):
