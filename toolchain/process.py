@@ -17,7 +17,7 @@ swapped for ``/dev/null`` at the first failed write, and the command carries
 on: its files are written and its gates decide the exit code, as if the
 output had been read.
 
->>> install()        # doctest: +SKIP   (first thing in ``toolchain.__main__.main``)
+``toolchain.__main__.main`` calls ``install()`` before anything else.
 """
 
 from __future__ import annotations

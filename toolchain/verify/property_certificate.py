@@ -10,8 +10,9 @@ of the network's input, ``engine.encode_input``). The data-set certificate
 (``certificate.py``) is unchanged; this one has its own ``format``::
 
     {"format": "vst-property-certificate", "version": 1, "versions": {...},
-     "semantics": "VNN-LIB, VNN-COMP convention: ...", "method": "complete", "n": 2, "counts": {"verified": 1, "falsified": 1,
-     "unknown": 0}, "verified_acc": 0.5, "seconds": 1.2,
+     "semantics": "VNN-LIB, VNN-COMP convention: ...", "method": "complete",
+     "n": 2, "counts": {"verified": 1, "falsified": 1, "unknown": 0},
+     "verified_acc": 0.5, "seconds": 1.2,
      "instances": [{"index": 0, "model": "net.onnx", "model_sha256": "...",
                     "weights_sha256": "...", "vnnlib": "vnnlib/prop_0.vnnlib",
                     "vnnlib_sha256": "...", "timeout": 60.0, "verdict": "verified",
