@@ -12,7 +12,7 @@ number, >= 0 and at most ``MAX_EPS``.
 >>> check_eps(5, "--eps")
 Traceback (most recent call last):
 ...
-toolchain.errors.VstError: --eps must be a finite number in [0, 1] (inputs lie in [0, 1]), got 5
+toolchain.errors.VstError: --eps must be >= 0, finite and at most 1 (inputs lie in [0, 1]), got 5
 """
 
 from __future__ import annotations
@@ -34,6 +34,6 @@ def check_eps(value, where: str) -> float:
         eps = math.nan
     if not (math.isfinite(eps) and 0.0 <= eps <= MAX_EPS):
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise VstError(f"{where} must be a finite number in [0, {MAX_EPS:g}] (inputs lie in "
+        raise VstError(f"{where} must be >= 0, finite and at most {MAX_EPS:g} (inputs lie in "
                        f"[{INPUT_RANGE[0]:g}, {INPUT_RANGE[1]:g}]), got {shown}")
     return eps
