@@ -40,7 +40,8 @@ def files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*")}
 
 
-def assert_clean_failure(tmp_path: Path, args, code: int = 2, allowed: Path | None = None):
+def assert_clean_failure(tmp_path: Path, args, code: int = 2, allowed: Path | None = None,
+                         needle: str | None = None):
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     before = files_under(tmp_path)
@@ -51,6 +52,7 @@ def assert_clean_failure(tmp_path: Path, args, code: int = 2, allowed: Path | No
     lines = [line for line in stderr.splitlines()
              if line.strip() and not line.startswith("vst: config ")]
     assert len(lines) == 1 and lines[0].startswith("vst: "), stderr
+    assert needle is None or needle in lines[0], (needle, stderr)
     assert "Traceback" not in stderr and "unexpected" not in stderr, stderr
     new = {p for p in files_under(tmp_path) - before
            if allowed is None or allowed not in (p, *p.parents)}
@@ -101,6 +103,8 @@ SEEN = [
     ("formats empty item", '[export]\nformats = ["onnx", "pdf"]\n'),
     ("arch unknown", '[model]\narch = "resnet"\n'),
     ("params beyond memory", "[model]\nchannels = [4096, 4096]\n"),
+    ("eps an integer too large for a float", "[verify]\neps = " + "9" * 400 + "\n"),
+    ("lr an integer too large for a float", "[train]\nlr = " + "9" * 400 + "\n"),
 ]
 
 
@@ -158,6 +162,10 @@ MODEL_CASES = {
     "record.config a string": _set("record", '{"config": "abc"}'),
     "verify.eps abc": _set("record", '{"config": {"verify": {"eps": "abc"}}}'),
     "verify.eps nan": _set("record", '{"config": {"verify": {"eps": NaN}}}'),
+    "verify.eps beyond the input range": _set(
+        "record", '{"config": {"data": {"dataset": "mnist5k"}, "verify": {"eps": 5}}}'),
+    "verify.eps an integer too large for a float": _set(
+        "record", '{"config": {"verify": {"eps": 1' + "0" * 400 + '}}}'),
     "record not json": _set("record", "{"),
     "layers a string": _arch(lambda a: a.__setitem__("layers", "conv")),
     "layers a dict": _arch(lambda a: a.__setitem__("layers", {"a": 1})),
@@ -195,7 +203,7 @@ def test_non_finite_weights_are_refused_before_any_export(tmp_path, value):
 @pytest.mark.parametrize("args", [
     ["--name", "../../escaped"], ["--name", "x; int evil"], ["--name", "int"], ["--name", ""],
     ["--vnnlib-n", "-1"], ["--vnnlib-n", "0"], ["--format", ","], ["--format", "onnx,pdf"],
-    ["--eps", "nan"], ["--eps", "-0.1"], ["--kernels", "avx"]],
+    ["--eps", "nan"], ["--eps", "-0.1"], ["--eps", "5"], ["--kernels", "avx"]],
     ids=lambda a: " ".join(a))
 def test_bad_export_options_write_nothing(tmp_path, args):
     path = _model_file(tmp_path)
@@ -300,9 +308,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
     '[budget]\nflash_bytes = -1\nram_bytes = 1\n',
     'name = "t"\ndescription = "x"\n[cpu]\ncflags = []\nfloat_abi = "soft"\n'
     '[qemu]\nmachine = "mps2-an386; rm -rf"\ncpu_hz = 1\n[budget]\nflash_bytes = 1\n'
-    'ram_bytes = 1\n'],
+    'ram_bytes = 1\n',
+    'name = "t"\ndescription = "x"\n[cpu]\ncflags = []\nfloat_abi = "softish"\n'
+    '[budget]\nflash_bytes = 1\nram_bytes = 1\n',
+    'name = "t"\ndescription = "x"\n[cpu]\ncflags = ["-mfloat-abi=soft"]\nfloat_abi = "hard"\n'
+    '[budget]\nflash_bytes = 1\nram_bytes = 1\n'],
     ids=["binary", "cpu a number", "name escapes", "cflags not strings", "negative budget",
-         "machine injection"])
+         "machine injection", "unknown float ABI", "float ABI against cflags"])
 def test_bad_target_files(tmp_path, text):
     target = tmp_path / "t.toml"
     if text is None:
@@ -311,7 +323,8 @@ def test_bad_target_files(tmp_path, text):
         target.write_text(text)
     build = tmp_path / "b"
     (build / "export" / "c").mkdir(parents=True)
-    assert_clean_failure(tmp_path, ["bench", build, "--target", target], allowed=build)
+    assert_clean_failure(tmp_path, ["bench", build, "--target", target], allowed=build,
+                         needle="vst: error: target")
     assert not (tmp_path.parent / "x").exists()
 
 
@@ -320,7 +333,8 @@ def test_bad_target_files(tmp_path, text):
 @pytest.mark.parametrize("args", [
     ["--eps", "inf"], ["--eps", "nan"], ["--eps", "0.1,abc"], ["--eps", ""],
     ["--n", "-5"], ["--min-verified", "1.5"], ["--method", "magic"],
-    ["--c-source", "m_int8.c"]],      # the int8 C goes with a .tflite, not a .vst
+    ["--c-source", "m_int8.c"],       # the int8 C goes with a .tflite, not a .vst
+    ["--eps", "5"], ["--eps", "0.1,1.5"], ["--plot", "v.jpg"], ["--plot", "v"]],
     ids=lambda a: " ".join(a))
 def test_bad_verify_options(tmp_path, args):
     path = _model_file(tmp_path)
@@ -341,6 +355,22 @@ BAD_VNNLIB = {   # name: (files written into tmp_path, --vnnlib argument)
     "csv timeout": ({"i.csv": "MODEL,p.vnnlib,-1\n"}, "i.csv"),
     "csv empty": ({"i.csv": "\n\n"}, "i.csv"),
     "csv missing network": ({"i.csv": "nope.onnx,p.vnnlib,10\n"}, "i.csv"),
+    # numbers: finite in float64 after any arithmetic, plain ASCII decimals only
+    "term overflows": ({"p.vnnlib": VNNLIB_HEAD + "(assert (>= Y_0 (* 1e200 1e200)))"},
+                       "p.vnnlib"),
+    "inf - inf": ({"p.vnnlib": VNNLIB_HEAD + "(assert (>= Y_0 (- (* 1e308 10) (* 1e308 10))))"},
+                  "p.vnnlib"),
+    "non-ASCII digit": ({"p.vnnlib": VNNLIB_HEAD + "(assert (>= Y_0 \u0661))"}, "p.vnnlib"),
+    "digits with underscores": ({"p.vnnlib": VNNLIB_HEAD + "(assert (>= Y_0 1_000))"},
+                                "p.vnnlib"),
+    "empty or": ({"p.vnnlib": VNNLIB_HEAD + "(assert (or))"}, "p.vnnlib"),
+    "terms nested 3000 deep": ({"p.vnnlib": VNNLIB_HEAD + "(assert (>= Y_0 " + "(+ " * 3000
+                                + "1" + ")" * 3000 + "))"}, "p.vnnlib"),
+    "variable index of 5000 digits": ({"p.vnnlib": "(declare-const X_" + "9" * 5000
+                                       + " Real)"}, "p.vnnlib"),
+    "csv field of 200k characters": ({"i.csv": "a,b," + "x" * 200_000 + "\n"}, "i.csv"),
+    "csv timeout with underscores": ({"i.csv": "MODEL,p.vnnlib,1_0\n", "p.vnnlib": VNNLIB_HEAD
+                                      + "(assert (>= Y_1 Y_0))"}, "i.csv"),
 }
 
 
@@ -349,7 +379,7 @@ def test_bad_vnnlib_inputs_write_no_results(tmp_path, case):
     files, arg = BAD_VNNLIB[case]
     path = _model_file(tmp_path)
     for name, text in files.items():
-        (tmp_path / name).write_text(text.replace("MODEL", str(path)))
+        (tmp_path / name).write_text(text.replace("MODEL", str(path)), encoding="utf-8")
     assert_clean_failure(tmp_path, ["verify", path, "--vnnlib", tmp_path / arg, "--results",
                                     tmp_path / "res", "--json", tmp_path / "c.json"]
                          if arg.endswith(".vnnlib") else
@@ -398,3 +428,4 @@ def test_outputs_honour_the_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+

@@ -7,7 +7,9 @@ has already trained (the test process), which is the case that used to differ:
 TorchScript (inside auto_LiRPA's CROWN) rounded its first calls differently.
 """
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,3 +159,92 @@ def test_checkpoint_carries_random_states_and_step(cfg, uninterrupted, tmp_path)
 def n_updates(ck) -> int:
     """Mask-update steps replace the weight step (RigL): Adam counts the others."""
     return sum(1 for step in range(1, ck.step) if step % SPARSITY["update_every"] == 0)
+
+
+# -- a damaged or edited checkpoint is refused before anything is written ----------
+
+@pytest.fixture(scope="module")
+def one_epoch(cfg, uninterrupted, tmp_path_factory):
+    """A run stopped after its first epoch: the checkpoint the cases below edit."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    trainer.train(cfg, out, show_progress=False, stop_after=1)
+    return out
+
+
+def _meta_json(key, change):
+    def edit(meta, tensors):
+        value = json.loads(meta[key])
+        change(value)
+        meta[key] = json.dumps(value)
+    return edit
+
+
+def _tensor(name, change):
+    def edit(meta, tensors):
+        tensors[name] = change(tensors[name].clone())
+    return edit
+
+
+def _set_first(value):
+    def change(t):
+        t.view(-1)[0] = value
+        return t
+    return change
+
+
+def _drop_one_kept_weight(meta, tensors):
+    """A structured mask that keeps a channel but drops one weight of it."""
+    name = next(k for k in sorted(tensors) if k.startswith("mask.") and k.endswith(".weight")
+                and tensors[k].dim() > 1 and bool(tensors[k].any()))
+    mask = tensors[name].clone()
+    mask.view(-1)[int(mask.view(-1).nonzero()[0])] = 0.0
+    tensors[name] = mask
+
+
+BAD_CHECKPOINTS = {
+    "NaN weight": (_tensor("model.0.weight", _set_first(float("nan"))), "NaN"),
+    "infinite bias": (_tensor("model.0.bias", _set_first(float("inf"))), "NaN or infinity"),
+    "weight of the wrong shape": (_tensor("model.0.weight", lambda t: t[:1].clone()), "needs"),
+    "mask of halves": (_tensor("mask.0.weight", lambda t: t * 0.5), "other than 0 and 1"),
+    "mask of twos": (_tensor("mask.0.bias", lambda t: t * 2), "other than 0 and 1"),
+    "mask not whole channels": (_drop_one_kept_weight, "does not agree"),
+    "NaN learning rate": (_meta_json("optimizer", lambda o: o["param_groups"][0].__setitem__(
+        "lr", float("nan"))), "optimizer settings"),
+    "beta of 1": (_meta_json("optimizer", lambda o: o["param_groups"][0].__setitem__(
+        "betas", [0.9, 1.0])), "optimizer settings"),
+    "amsgrad switched on": (_meta_json("optimizer", lambda o: o["param_groups"][0].__setitem__(
+        "amsgrad", True)), "optimizer groups"),
+    "NaN second moment": (_tensor("opt.0.exp_avg_sq", _set_first(float("nan"))), "opt"),
+    "moment of the wrong shape": (_tensor("opt.0.exp_avg", lambda t: t.reshape(-1)[:3].clone()),
+                                  "shape"),
+    "torch random state cut": (_tensor("rng.torch", lambda t: t[:100].clone()), "random state"),
+    "numpy random state short": (_meta_json("rng", lambda r: r["numpy"].__setitem__(
+        1, r["numpy"][1][:10])), "random state"),
+    "numpy position out of range": (_meta_json("rng", lambda r: r["numpy"].__setitem__(
+        2, 10 ** 6)), "random state"),
+    "python random state garbage": (_meta_json("rng", lambda r: r.__setitem__(
+        "python", [3, [1, 2], None])), "random state"),
+    "zero threads": (_meta_json("rng", lambda r: r.__setitem__("threads", 0)), "random state"),
+    "record rows missing": (_meta_json("record", lambda r: r.__setitem__("epochs", [])),
+                            "one row per epoch"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_a_damaged_checkpoint_is_refused_before_model_vst(cfg, one_epoch, tmp_path, case):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from toolchain.errors import VstError
+    from toolchain.train.checkpoint import CHECKPOINT
+
+    edit, needle = BAD_CHECKPOINTS[case]
+    shutil.copy(one_epoch / CHECKPOINT, tmp_path / CHECKPOINT)
+    with safe_open(str(tmp_path / CHECKPOINT), framework="pt") as fh:
+        meta, tensors = dict(fh.metadata()), {k: fh.get_tensor(k) for k in fh.keys()}
+    edit(meta, tensors)
+    save_file(tensors, str(tmp_path / CHECKPOINT), metadata=meta)
+    with pytest.raises(VstError, match=needle) as exc:
+        trainer.train(cfg, tmp_path, resume=True, show_progress=False)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / trainer.MODEL_FILE).exists()

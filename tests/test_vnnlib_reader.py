@@ -3,6 +3,8 @@ export and hand-written properties in the competition's common forms."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,41 @@ def test_unreadable_file(tmp_path):
     (tmp_path / "p.vnnlib").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(VstError, match="cannot read"):
         read_vnnlib(tmp_path / "p.vnnlib")
+
+
+HEAD = ("(declare-const X_0 Real)(declare-const Y_0 Real)(declare-const Y_1 Real)"
+        "(assert (<= X_0 1))(assert (>= X_0 0))")
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("(assert (>= Y_0 1e999))", "overflows a double"),
+    ("(assert (>= Y_0 (* 1e200 1e200)))", "overflows a double"),
+    ("(assert (>= Y_0 (- 1e308 -1e308)))", "overflows a double"),
+    ("(assert (>= Y_0 (+ (* 1e308 Y_1) (* 1e308 Y_1))))", "overflows a double"),
+    ("(assert (>= Y_0 (- (* 1e308 10) (* 1e308 10))))", "overflows a double"),   # inf - inf
+    ("(assert (>= Y_0 \u0661))", "ASCII"),                  # an Arabic-Indic digit one
+    ("(assert (>= Y_0 1_000))", "ASCII"),
+    ("(assert (>= Y_0 0x10))", "ASCII"),
+    ("(assert (<= X_0 1_0))", "ASCII"),                      # an input bound too
+    ("(assert (or))", "empty (or)"),
+    ("(assert (>= Y_0 " + "(+ " * 200 + "1" + ")" * 200 + "))", "nest deeper"),
+    ("(declare-const X_" + "9" * 5000 + " Real)", "X_i or Y_j"),
+    ("(declare-const X_99999999 Real)", "more than 10,000,000 variables"),
+], ids=["1e999", "product", "difference", "coefficients", "inf - inf", "arabic digit",
+        "underscores", "hex", "input bound", "empty or", "200 deep", "index of 5000 digits",
+        "too many variables"])
+def test_numbers_terms_and_nesting_that_are_refused(body, needle):
+    with pytest.raises(VstError, match=re.escape(needle)) as exc:
+        parse_vnnlib_text(HEAD + body, "p.vnnlib")
+    assert "\n" not in str(exc.value)
+
+
+def test_strict_and_non_strict_comparisons_read_alike():
+    """The VNN-COMP convention (module docstring, README): ``<`` is ``<=``, so
+    ``(< Y_0 Y_0)`` is met by every output and a tie meets ``(< Y_0 Y_1)``."""
+    always = parse_vnnlib_text(HEAD + "(assert (< Y_0 Y_0))")
+    assert always.unsafe([0.0, 0.0]) and always.unsafe([5.0, -3.0])
+    tie = parse_vnnlib_text(HEAD + "(assert (< Y_0 Y_1))")
+    assert tie.unsafe([1.0, 1.0]) and not tie.unsafe([2.0, 1.0])
+    assert (parse_vnnlib_text(HEAD + "(assert (> Y_0 Y_1))").disjuncts[0][0].tolist()
+            == parse_vnnlib_text(HEAD + "(assert (>= Y_0 Y_1))").disjuncts[0][0].tolist())

@@ -9,8 +9,6 @@ one line on stderr with exit code 2 and 1.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -33,16 +31,15 @@ class VstGroup(click.Group):
             click.echo(f"vst: error: {exc}" if isinstance(exc, VstError) else f"vst: gate failed: {exc}",
                        err=True)
             ctx.exit(exc.exit_code)
-        except BrokenPipeError:  # `vst datasets | head`: the reader left, nothing to say
-            sys.stderr = open(os.devnull, "w")   # noqa: SIM115 - python would print at exit
-            ctx.exit(0)
         except OSError as exc:   # an unwritable output, a full disk, a vanished input
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"vst: error: {where}{exc.strerror or exc}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("vst: interrupted", err=True)
-            ctx.exit(130)
+            from toolchain.process import EXIT_INTERRUPTED, say_interrupted
+
+            say_interrupted()
+            ctx.exit(EXIT_INTERRUPTED)
         except click.UsageError as exc:      # one line, like every other bad input
             name = exc.ctx.command_path if exc.ctx else "vst"
             click.echo(f"vst: error: {exc.format_message()} (see `{name} --help`)", err=True)
@@ -281,8 +278,10 @@ def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     unknown = [f for f in fmts if f not in FORMATS]
     if unknown:
         raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
-    if eps is not None and not (math.isfinite(eps) and eps >= 0):
-        raise VstError(f"--eps must be a finite number >= 0, got {eps}")
+    if eps is not None:
+        from toolchain.eps import check_eps
+
+        check_eps(eps, "--eps")
     check_name(name)
     check_outputs({"MODEL": model, "--data": data_file(data)},
                   [("--out", p) for p in export_outputs(out, fmts, name)
@@ -424,6 +423,13 @@ def hoist_global_flags(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    """The command line. Ctrl-C handling and the standard streams are installed
+    first (``toolchain.process``); the ``vst`` script and ``python -m toolchain``
+    enter through ``toolchain.__main__``, which installs them before this
+    module (and click) is even imported."""
+    from toolchain.process import install
+
+    install()
     cli(args=hoist_global_flags(sys.argv[1:]), prog_name="vst")
 
 

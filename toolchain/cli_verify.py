@@ -24,13 +24,15 @@ def data_file(data: str | None) -> Path | None:
 def _eps_list(text: str | None) -> list[float] | None:
     if text is None:
         return None
+    from toolchain.eps import check_eps
+
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise VstError(f"--eps must be numbers separated by commas, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise VstError(f"--eps must be >= 0 and finite, got {text!r}")
-    return values
+    if not values:
+        raise VstError(f"--eps names no value, got {text!r}")
+    return [check_eps(v, "--eps") for v in values]
 
 
 @click.command()
@@ -109,6 +111,10 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         raise VstError("pass MODEL (or --vnnlib instances.csv, which names its networks)")
     if results_dir is not None:
         raise VstError("--results applies with --vnnlib")
+    if plot_path is not None and plot_path.suffix.lower() != ".png":
+        raise VstError(f"--plot writes a PNG image; give a .png file name, got {plot_path.name}")
+    if model.suffix.lower() == ".tflite":
+        _refuse_for_int8(ctx)
     eps_list = _eps_list(eps_text)
     from toolchain.device import resolve_device
 
@@ -171,6 +177,26 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         where = f", shard {shard[0]}/{shard[1]}" if shard else ""
         raise GateFailed(f"verified {first.verified_acc:.1%} < required {min_verified:.1%} "
                          f"at eps={first.eps:g} ({method}, n={first.n}{where})")
+
+
+# Options of `vst verify` that an int8 .tflite has no use for: its bounds are one
+# method (TFLite's integer arithmetic, on the CPU) and it writes no plot or JUnit.
+NOT_FOR_INT8 = (("--method", "method"), ("--plot", "plot_path"), ("--junit", "junit_path"),
+                ("--timeout", "timeout"), ("--device", "device"))
+
+
+def _refuse_for_int8(ctx) -> None:
+    """One line for the first option given that does not apply to an int8 model
+    (rather than ignoring it: a user asking for alpha-CROWN must not be told an
+    int8 result as if it were one)."""
+    from click.core import ParameterSource
+
+    given = [flag for flag, name in NOT_FOR_INT8
+             if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise VstError(f"{given[0]} does not apply to an int8 .tflite (its bounds are "
+                       "TFLite's integer arithmetic, one method on the CPU; it writes the "
+                       "table and --json only)")
 
 
 def _gate_certificate(cert: dict, min_verified: float) -> None:
@@ -340,20 +366,20 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
     from toolchain.data import load_dataset
     from toolchain.display import table
+    from toolchain.inputs import check_input
     from toolchain.verify.certificate import load_certificate
     from toolchain.verify.int8_bounds import Int8Bounds
     from toolchain.verify.int8_certificate import (build_int8_certificate,
                                                    check_int8_certificate,
                                                    save_int8_certificate, verify_int8_samples)
 
-    if not tflite.is_file():
-        raise VstError(f"model not found: {tflite}")
+    check_input(tflite, "model")
     if not data:
         raise VstError("an int8 .tflite does not say which data it was trained on; pass --data")
     if n < 0:
         raise VstError(f"--n must be >= 0, got {n}")
-    if c_source is not None and not c_source.is_file():
-        raise VstError(f"--c-source not found: {c_source}")
+    if c_source is not None:
+        check_input(c_source, "--c-source file")
     dataset = load_dataset(data)
     bounds = Int8Bounds.from_tflite(tflite)
     if bounds.x_t.size != math.prod(dataset.input_shape):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from toolchain.device import DEVICES
+from toolchain.eps import MAX_EPS
 from toolchain.errors import VstError
 
 log = logging.getLogger("vst.config")
@@ -56,7 +57,8 @@ class ModelConfig:
     arch: str = _opt("cnn_4layer", choices=("mlp", "cnn_4layer", "cnn_small", "conv1d",
                                             "ds_cnn", "resnet8", "ds_cnn1d", "resnet1d",
                                             "custom"))
-    # Conv channels per layer; empty keeps the architecture's own.
+    # Conv channels: two for the plain conv archs (none for an mlp), 1 or 5 for
+    # the ds_cnns, 1 or 3 for the resnets; empty keeps the architecture's own.
     channels: list[int] = _opt([], lo=1, hi=4096)
     # Hidden fully connected widths; empty keeps the architecture's own.
     widths: list[int] = _opt([], lo=1, hi=65536)
@@ -112,7 +114,7 @@ class TrainConfig:
     # Adam. The papers use 5e-4 over ~100k steps; we have ~3k, so 1e-3.
     lr: float = _opt(1e-3, lo=0.0, hi=1.0, lo_open=True)
     # Training eps; larger than the test eps makes the certificate hold with margin.
-    eps: float = _opt(0.15, lo=0.0, hi=1.0)
+    eps: float = _opt(0.15, lo=0.0, hi=MAX_EPS)
     # Natural-loss epochs before eps starts to grow.
     warmup_epochs: int = _opt(2, lo=0, hi=100000)
     # Epochs over which eps ramps (exponential, then linear) to its final value.
@@ -140,7 +142,7 @@ class TrainConfig:
 @dataclass
 class VerifyConfig:
     # The eps the certificate speaks about (L-inf, in input units of [0, 1]).
-    eps: float = _opt(0.1, lo=0.0, hi=1.0)
+    eps: float = _opt(0.1, lo=0.0, hi=MAX_EPS)
     # ibp | crown | alpha-crown | all (cascade, cheapest first, then complete
     # verification of what is left) | complete (MILP alone).
     method: str = _opt("crown", choices=("ibp", "crown", "alpha-crown", "all", "complete"))
@@ -200,9 +202,17 @@ def _did_you_mean(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_value(where: str, value: Any, typ: Any, meta: dict) -> Any:
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:                  # an integer too large for a float
+            raise VstError(f"config: {where} is out of range, got {_short(value)}") from None
     if typ == list[dict]:                # [[model.layers]]: checked by the models stage
         from toolchain.models.custom import check_tables
         return check_tables(value)
@@ -254,6 +264,7 @@ def config_from_dict(data: dict) -> Config:
     hints = get_type_hints(Config)
     cfg = Config(**{k: _section(k, hints[k], v) for k, v in data.items()})
     _custom_model(cfg.model, data.get("model", {}))
+    _check_model(cfg.model)
     return _safe_schedule(cfg)
 
 
@@ -270,6 +281,19 @@ def _custom_model(model: ModelConfig, table: dict) -> None:
     elif model.arch == "custom":
         raise VstError('config: model.arch = "custom" needs the network in [[model.layers]] '
                        "tables")
+
+
+def _check_model(model: ModelConfig) -> None:
+    """``channels`` and ``widths`` must fit a zoo arch (the zoo's rule); empty keeps
+    the arch's own."""
+    from toolchain.models.zoo import check_options
+
+    if model.arch == "custom":
+        return
+    try:
+        check_options(model.arch, model.channels or None, model.widths or None)
+    except VstError as exc:
+        raise VstError(f"config: {exc}") from None
 
 
 def _safe_schedule(cfg: Config) -> Config:
@@ -299,11 +323,12 @@ def load_config(path: str | Path | None) -> Config:
     """Read ``path`` (``None``: the embedded default) into a validated ``Config``."""
     if path is None:
         return Config()
+    from toolchain.inputs import MAX_TOML_BYTES, read_input
+
     path = Path(path)
-    if not path.is_file():
-        raise VstError(f"config file not found: {path}")
+    raw = read_input(path, "config file", limit=MAX_TOML_BYTES, gunzip=False)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise VstError(f"config: {path} is not valid TOML ({exc})") from None
     return config_from_dict(data)

@@ -163,9 +163,9 @@ def write_reports(out: Path, summary: dict, gate_text: str = "see summary.json")
 
 
 def _plots(out: Path, summary: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from toolchain.scratch import pyplot
+
+    plt = pyplot(out)
 
     (out / "plots").mkdir(exist_ok=True)
     cert = json.loads((out / "certificate.json").read_text())

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.errors import VstError
+from toolchain.inputs import MAX_TOML_BYTES, read_input
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# GCC's -mfloat-abi values for Arm, and "native" for a target that runs on the host
+FLOAT_ABIS = ("soft", "softfp", "hard", "native")
 
 
 def targets_dir() -> Path:
@@ -82,9 +85,10 @@ def _size(table: dict, key: str, where: str, required: bool = False) -> int:
 
 
 def _parse(path: Path) -> Target:
+    raw = read_input(path, "target file", limit=MAX_TOML_BYTES, gunzip=False)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise VstError(f"target file {path}: not a readable TOML file ({exc})") from None
     where = path.stem
     cpu, qemu = _table(data, "cpu", where), _table(data, "qemu", where)
@@ -99,6 +103,13 @@ def _parse(path: Path) -> Target:
     machine = qemu.get("machine")
     if machine is not None and (not isinstance(machine, str) or not NAME_PATTERN.fullmatch(machine)):
         raise VstError(f"target {where}: qemu.machine must be a machine name, got {machine!r}")
+    float_abi = _get(cpu, "float_abi", str, where)
+    if float_abi not in FLOAT_ABIS:
+        raise VstError(f"target {where}: cpu.float_abi must be one of {', '.join(FLOAT_ABIS)}, "
+                       f"got {float_abi!r}")
+    other = [f for f in flags if f.startswith("-mfloat-abi=") and f != f"-mfloat-abi={float_abi}"]
+    if other:
+        raise VstError(f"target {where}: cpu.float_abi is {float_abi!r} but cflags say {other[0]}")
     cpu_hz = _get(qemu, "cpu_hz", int, where, default=0) if qemu else 0
     if machine is not None and not 0 < cpu_hz < 2 ** 32:
         raise VstError(f"target {where}: qemu.cpu_hz must be a clock in Hz, got {cpu_hz!r}")
@@ -107,7 +118,7 @@ def _parse(path: Path) -> Target:
         description=_get(data, "description", str, where),
         part=_get(data, "part", str, where, default=""),
         cflags=tuple(flags),
-        float_abi=_get(cpu, "float_abi", str, where),
+        float_abi=float_abi,
         dsp=_get(cpu, "dsp", bool, where, default=False),
         qemu_machine=machine,
         cpu_hz=cpu_hz,
@@ -127,10 +138,7 @@ def list_targets() -> list[Target]:
 def load_target(name: str) -> Target:
     """A target by name (``cortex-m4``) or by path to its TOML file."""
     if name.endswith(".toml"):
-        path = Path(name)
-        if not path.is_file():
-            raise VstError(f"target file not found: {path}")
-        return _parse(path)
+        return _parse(Path(name))
     path = targets_dir() / f"{name}.toml"
     if not path.is_file():
         names = [p.stem for p in targets_dir().glob("*.toml")]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.data.prepare import Raw
-from toolchain.data.readers import list_dir, reading
+from toolchain.data.readers import list_dir, read_bytes
 from toolchain.errors import VstError
 
 try:  # numpy >= 2
@@ -45,6 +45,7 @@ _ALLOWED = {
 }
 
 BATCH_DIR = "cifar-10-batches-py"
+BATCH_BYTES = 1 << 30         # a batch of 10,000 images is 31 MB
 _TRAIN = re.compile(r"^data_batch_(\d+)$")
 
 
@@ -62,8 +63,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def safe_unpickle(path: Path):
     """Unpickle ``path`` allowing only plain containers and numpy arrays."""
-    with reading(path):
-        data = path.read_bytes()
+    data = read_bytes(path, BATCH_BYTES)
     try:
         # encoding="bytes": the official batches were pickled by Python 2.
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()

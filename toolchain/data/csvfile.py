@@ -1,8 +1,10 @@
 """User data as CSV: one sample per row, the label in the FIRST column.
 
 The other columns are the features (pixels or signal values), read in C
-order. An optional header row is detected (any non-numeric field in the
-first row). ``.csv.gz`` is read too. Features become shape (1, F) unless
+order. An optional header row is detected: a first row in which no field is a
+number (a first row with some numbers is data, and any field in it that is not
+a number is an error). ``.csv.gz`` is read too, as at most ``MAX_CSV_BYTES``
+of text. Features become shape (1, F) unless
 ``load_dataset(..., input_shape=(C, H, W))`` reshapes them.
 
 Scaling: when every feature is a whole number and some exceed 1, the
@@ -16,7 +18,6 @@ otherwise they are floats and must already lie in [0, 1].
 
 from __future__ import annotations
 
-import gzip
 import io
 import warnings
 from pathlib import Path
@@ -24,16 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.data.prepare import Raw
-from toolchain.data.readers import GZIP_MAGIC, reading
+from toolchain.data.readers import MAX_CSV_BYTES, read_bytes, reading
 from toolchain.errors import VstError
 
 
 def load_csv(path: Path) -> Raw:
+    raw = read_bytes(path, MAX_CSV_BYTES)
     with reading(path):
-        raw = path.read_bytes()
-        text = (gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw).decode("utf-8-sig")
-    lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), None)
+        text = raw.decode("utf-8-sig")
+    del raw
+    first = next((ln for ln in io.StringIO(text) if ln.strip()), None)
     if first is None:
         raise VstError(f"{path}: the CSV file is empty")
     header = 1 if _is_header(first) else 0
@@ -56,9 +57,13 @@ def load_csv(path: Path) -> Raw:
 
 
 def _is_header(line: str) -> bool:
+    """A header names columns: no field of it reads as a number. A first row with
+    some numbers (``3,0,24nan``) is data, and a bad field in it is an error, not
+    a header silently dropped."""
     for field in line.split(","):
         try:
             float(field)
         except ValueError:
-            return True
-    return False
+            continue
+        return False
+    return True

@@ -14,6 +14,7 @@ dimension as a big-endian uint32, then the values, big-endian.
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from pathlib import Path
@@ -21,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.data.prepare import Raw
-from toolchain.data.readers import list_dir, read_bytes
+from toolchain.data.readers import check_values, list_dir
 from toolchain.errors import VstError
+from toolchain.inputs import open_stream
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _STANDARD = re.compile(r"^(train|t10k)-(images|labels)[-.]idx[13]-ubyte(\.gz)?$")
@@ -33,23 +35,28 @@ def is_idx_name(name: str) -> bool:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file into a native-endian numpy array."""
-    raw = read_bytes(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _TYPES:
-        raise VstError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise VstError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_TYPES[raw[2]])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
+    """Parse one IDX file into a native-endian numpy array. The header's shape is
+    checked against ``MAX_VALUES`` before the data is read (or inflated)."""
+    with open_stream(path, "data file") as fh:
+        head = fh.read(4)
+        if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _TYPES:
+            raise VstError(f"{path}: not an IDX file (bad magic number)")
+        ndim = head[3]
+        dims_raw = fh.read(4 * ndim)
+        if ndim == 0 or len(dims_raw) < 4 * ndim:
+            raise VstError(f"{path}: truncated IDX header")
+        dims = struct.unpack(f">{ndim}I", dims_raw)
+        check_values(path, math.prod(dims), f"its IDX header says shape {dims}")
+        dtype = np.dtype(_TYPES[head[2]])
+        expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        raw = fh.read(expected + 1)
+    if len(raw) != expected:
+        got = f"{len(raw)}" if len(raw) <= expected else "more"
         raise VstError(
             f"{path}: IDX header says shape {dims} ({expected} bytes of data) but the file "
-            f"has {len(raw) - header}; truncated or corrupt"
+            f"has {got}; truncated or corrupt"
         )
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    arr = np.frombuffer(raw, dtype=dtype).reshape(dims)
     return arr.astype(dtype.newbyteorder("="))
 
 

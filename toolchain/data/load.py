@@ -32,6 +32,7 @@ from toolchain.data.idx import has_idx_files, is_idx_name, load_idx
 from toolchain.data.npzfile import load_npz
 from toolchain.data.prepare import Raw, assemble, check_options
 from toolchain.errors import VstError
+from toolchain.inputs import check_input
 
 FORMATS = ("a built-in name (" + ", ".join(BUILTIN) + "), .npz, .csv[.gz], "
            "MNIST IDX *-ubyte[.gz] or a directory of them, a CIFAR-10 batches directory")
@@ -80,6 +81,7 @@ def _read(spec: str) -> tuple[str, Raw]:
             return name, load_idx(path)
         raise VstError(f"{path}: directory holds no CIFAR-10 batches or MNIST IDX files; "
                        f"expected {FORMATS}")
+    check_input(path, "data file")              # a FIFO or a device: refused here, at once
     lower = path.name.lower()
     if lower.endswith(".npz"):
         return path.stem, load_npz(path)

@@ -18,15 +18,17 @@ each channel into [0, 1] itself and records the map (``scaling.py``).
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from toolchain.data.prepare import Raw
-from toolchain.data.readers import reading
+from toolchain.data.readers import check_values, reading
 from toolchain.data.scaling import ChannelScaling
 from toolchain.errors import VstError
+from toolchain.inputs import open_input
 
 _NAMES = {"x": ("x", "x_train"), "y": ("y", "y_train"), "x_test": ("x_test",),
           "y_test": ("y_test",), "channel_min": ("channel_min",),
@@ -34,9 +36,13 @@ _NAMES = {"x": ("x", "x_train"), "y": ("y", "y_train"), "x_test": ("x_test",),
 
 
 def load_npz(path: Path) -> Raw:
-    with reading(path):
-        with np.load(path, allow_pickle=False) as z:
+    with open_input(path, "data file") as fh, reading(path):
+        with np.load(fh, allow_pickle=False) as z:
             keys = set(z.files)
+            used = [next(n for n in names if n in keys) for names in _NAMES.values()
+                    if any(n in keys for n in names)]
+            check_values(path, sum(_claimed_values(z, path, key) for key in used),
+                         f"the headers of {', '.join(used)}")
             arrays = {role: _get(z, path, names, keys) for role, names in _NAMES.items()}
     for role in ("x", "y"):
         if arrays[role] is None:
@@ -51,6 +57,24 @@ def load_npz(path: Path) -> Raw:
     scaling = None if lo is None else ChannelScaling.checked(lo, span, str(path))
     return Raw(arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"], f"npz file {path}",
                scaling)
+
+
+def _claimed_values(z, path: Path, key: str) -> int:
+    """The number of values array ``key``'s .npy header claims, read before its data
+    is inflated (a small npz can claim terabytes). A member that is no .npy
+    array would be read whole, so it is refused."""
+    import numpy.lib.format as npy
+
+    names = z.zip.namelist()
+    member = f"{key}.npy" if f"{key}.npy" in names else key
+    with z.zip.open(member) as fh:
+        try:
+            version = npy.read_magic(fh)
+        except ValueError:
+            raise VstError(f"{path}: '{key}' is not a .npy array") from None
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, _ = read(fh)
+    return math.prod(shape)
 
 
 def _get(z, path: Path, names: tuple[str, ...], keys: set[str]) -> np.ndarray | None:

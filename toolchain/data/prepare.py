@@ -153,7 +153,13 @@ def to_labels(y, what: str) -> np.ndarray:
 
 
 def check_num_classes(y_all: np.ndarray, num_classes: int | None, what: str) -> int:
+    """The number of classes; labels in range, and at least two of them present:
+    data of one class (all labels 0, an all-zero CSV, say) trains nothing and
+    certifies nothing, whatever ``num_classes`` says."""
     lo, hi = int(y_all.min()), int(y_all.max())
+    if lo == hi and lo >= 0 and (num_classes is None or hi < num_classes):
+        raise VstError(f"{what}: every sample has label {lo}; a classifier's data needs "
+                       "at least 2 classes (is the label the first column?)")
     if num_classes is not None:
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
@@ -163,8 +169,6 @@ def check_num_classes(y_all: np.ndarray, num_classes: int | None, what: str) -> 
         return num_classes
     if lo < 0:
         raise VstError(f"{what}: label {lo} is negative; labels must be in [0, num_classes)")
-    if hi + 1 < 2:
-        raise VstError(f"{what}: found only class {hi}; a classifier needs at least 2 classes")
     return hi + 1
 
 
@@ -230,10 +234,22 @@ def assemble(
                 f"test {tuple(x_test.shape[1:])}"
             )
     k = check_num_classes(np.concatenate([y_train, y_test]), num_classes, name)
+    _check_not_constant(x_train, x_test, name)
     scaling = raw.scaling
     if scaling is not None:
         scaling = replace(scaling, clipped_test=clipped, test_values=int(x_test.size))
     return Dataset(name, x_train, y_train, x_test, y_test, k, raw.source, scaling)
+
+
+def _check_not_constant(x_train: np.ndarray, x_test: np.ndarray, what: str) -> None:
+    """Inputs that are all the same (an all-zero CSV, say) cannot tell classes apart."""
+    first = x_train[0]
+    if all(bool((x.min(axis=0) == first).all() and (x.max(axis=0) == first).all())
+           for x in (x_train, x_test)):
+        n = len(x_train) + len(x_test)
+        zero = " (all zero)" if not first.any() else ""
+        raise VstError(f"{what}: all {n} inputs are identical{zero}; there is nothing to "
+                       "tell the classes by")
 
 
 def check_options(test_fraction, seed, num_classes) -> None:

@@ -1,9 +1,17 @@
-"""Small file-reading helpers shared by the loaders: one-line errors for I/O."""
+"""Small file-reading helpers shared by the loaders: one-line errors for I/O,
+and the size limits a data file is held to before it is decompressed.
+
+Every file goes through ``toolchain.inputs`` (regular files only, gzip
+inflated on the fly). A data set holds at most ``MAX_VALUES`` numbers (4 GiB
+as the float32 vst trains on); a loader checks what the file's own header
+claims (npz array headers, IDX dimensions) against it before reading the
+data, and a CSV is read as at most ``MAX_CSV_BYTES`` of text, so neither a
+lying header nor a small compressed bomb can exhaust memory.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import pickle
 import zipfile
 import zlib
@@ -11,6 +19,10 @@ from pathlib import Path
 from typing import Iterator
 
 from toolchain.errors import VstError
+from toolchain.inputs import read_input
+
+MAX_VALUES = 1 << 30          # numbers in one data set: 4 GiB as float32
+MAX_CSV_BYTES = 1 << 30       # CSV text, after decompression (larger data: use .npz)
 
 # What reading a damaged or unreadable file can raise; each becomes one line.
 READ_ERRORS = (
@@ -23,19 +35,18 @@ READ_ERRORS = (
     UnicodeDecodeError,
 )
 
-GZIP_MAGIC = b"\x1f\x8b"
+
+def read_bytes(path: Path, limit: int) -> bytes:
+    """The data file's bytes, gunzipped when it starts with the gzip magic; more
+    than ``limit`` bytes (after decompression) is one line."""
+    return read_input(path, "data file", limit=limit)
 
 
-def is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == GZIP_MAGIC
-
-
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic."""
-    with reading(path):
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == GZIP_MAGIC else raw
+def check_values(path: Path, n: int, what: str) -> None:
+    """Refuse a data file whose headers (``what``) claim more than ``MAX_VALUES`` numbers."""
+    if n > MAX_VALUES:
+        raise VstError(f"{path}: {n:,} values ({what}); vst reads at most {MAX_VALUES:,} "
+                       "values per data set (4 GiB as float32)")
 
 
 @contextlib.contextmanager

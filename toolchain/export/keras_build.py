@@ -30,12 +30,12 @@ import logging
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from toolchain.errors import VstError
 from toolchain.export import check_exportable
+from toolchain.scratch import scratch_file
 from toolchain.models import layers as L
 
 log = logging.getLogger("vst.export")
@@ -90,7 +90,7 @@ def tensorflow_quiet():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    with scratch_file() as captured:            # needs no writable temporary folder
         os.dup2(captured.fileno(), 2)
         failed = False
         try:

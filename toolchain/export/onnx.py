@@ -60,16 +60,24 @@ def onnx_metadata(path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def run_onnx(path, x: np.ndarray) -> np.ndarray:
-    """Logits from onnxruntime (CPU, one thread) for float32 inputs ``x``."""
+def ort_session(path):
+    """An onnxruntime session of ``path`` on the CPU, one thread. onnxruntime's
+    own warnings (say, a telemetry id it cannot keep under a read-only HOME) stay
+    off stderr; its errors still raise, as one ``VstError`` line here."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise VstError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+
+
+def run_onnx(path, x: np.ndarray) -> np.ndarray:
+    """Logits from onnxruntime (CPU, one thread) for float32 inputs ``x``."""
+    session = ort_session(path)
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, dtype=np.float32)})[0]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import VstError
+from toolchain.scratch import ensure_tempdir
 
 FORMATS = ("onnx", "vnnlib", "tflite", "c")
 PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist5k test split)
@@ -47,6 +48,7 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
             check_exportable(model.network, what)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_tempdir(out_dir)             # TensorFlow needs one, even under a read-only TMPDIR
     for stale in out_dir.glob(".export-*"):     # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))

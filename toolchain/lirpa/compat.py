@@ -60,6 +60,7 @@ Importing auto_LiRPA also changes process-wide state, which we put back:
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import types
 import warnings
@@ -75,6 +76,9 @@ def ensure_patched() -> None:
     if _patched:
         return
     _add_node_getitem()
+    # auto_LiRPA makes ~/.local/share/auto_LiRPA at import (vst never uses it) and
+    # logs an error line when HOME is read-only: that line is dropped.
+    logging.getLogger("auto_LiRPA.utils").addFilter(_no_data_dir_error)
     # Importing auto_LiRPA also calls warnings.simplefilter("once") for the
     # whole process; catch_warnings puts the filters back. Its torch.jit.script
     # decorators raise a deprecation warning that is noise to vst users; any
@@ -91,6 +95,10 @@ def ensure_patched() -> None:
     _mend_computed_conv_weight()
     _mend_grouped_conv_backward()
     _patched = True
+
+
+def _no_data_dir_error(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to create directory")
 
 
 # --- 1 and 2: names auto_LiRPA imports at import time -------------------------

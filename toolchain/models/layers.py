@@ -363,6 +363,14 @@ class Network:
                         not isinstance(value, int) or isinstance(value, bool) or value < 0):
                     raise VstError(f"{where}: layer {i} ({layer.kind}) {f.name} must be an "
                                    f"integer >= 0, got {value!r}")
+                numbers = value if isinstance(value, tuple) else (value,)
+                if f.type != "int" and not all(isinstance(v, (int, float)) and
+                                               math.isfinite(v) for v in numbers):
+                    raise VstError(f"{where}: layer {i} ({layer.kind}) {f.name} must be finite "
+                                   f"numbers, got {value!r}")
+            if (isinstance(layer, Normalize) and 0 in layer.std) or \
+                    (isinstance(layer, BatchNorm) and layer.eps <= 0):
+                raise VstError(f"{where}: layer {i} ({layer.kind}) would divide by zero")
         try:
             shapes = self.shapes()
         except (ValueError, TypeError, ZeroDivisionError) as exc:

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from toolchain.atomic import atomic_path
+from toolchain.eps import check_eps
 from toolchain.errors import VstError
+from toolchain.inputs import check_input
 from toolchain.models.layers import Network
 
 FORMAT_VERSION = 1
@@ -82,9 +83,7 @@ def load_model(path: str | Path) -> VstModel:
     """Read a model file; any damage gives a one-line ``VstError``."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise VstError(f"model file not found: {path}")
+    path = check_input(path, "model file")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -111,11 +110,13 @@ def load_model(path: str | Path) -> VstModel:
     _check_record(path, record)
     masks = {k[len(MASK_PREFIX):]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
     state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
-    _check_state(path, network, state)
+    check_state(path, network, state)
     return VstModel(network, state, masks, record)
 
 
-def _check_state(path: Path, network: Network, state: dict) -> None:
+def check_state(path, network: Network, state: dict) -> None:
+    """The tensors ``network`` needs, no more, each in its shape and dtype, finite:
+    for a model file and an imported ONNX network alike (``path`` names the source)."""
     from toolchain.models.torch_build import build_torch
 
     expected = build_torch(network).state_dict()
@@ -137,17 +138,15 @@ def _check_state(path: Path, network: Network, state: dict) -> None:
 
 def _check_record(path: Path, record) -> None:
     """The training record: a JSON object whose config sections are objects and
-    whose test eps, when present, is a finite number >= 0."""
+    whose test eps, when present, meets the eps rule (``toolchain.eps``)."""
     if not isinstance(record, dict):
         raise VstError(f"{path}: record must be a JSON object, got {type(record).__name__}")
     config = record.get("config", {})
     if not isinstance(config, dict) or not all(isinstance(v, dict) for v in config.values()):
         raise VstError(f"{path}: record.config must be an object of sections")
     eps = config.get("verify", {}).get("eps")
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
-                            or not math.isfinite(eps) or eps < 0):
-        raise VstError(f"{path}: record.config.verify.eps must be a finite number >= 0, "
-                       f"got {eps!r}")
+    if eps is not None:
+        check_eps(eps, f"{path}: record.config.verify.eps")
     data = config.get("data", {}).get("dataset")
     if data is not None and not isinstance(data, str):
         raise VstError(f"{path}: record.config.data.dataset must be a string, got {data!r}")

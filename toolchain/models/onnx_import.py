@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from toolchain.errors import VstError
+from toolchain.inputs import check_input
 from toolchain.models import layers as L
-from toolchain.models.modelfile import VstModel
+from toolchain.models.modelfile import VstModel, check_state
 
 DATA_OPS = ("Gemm", "MatMul", "Add", "Conv", "Relu", "Flatten", "Reshape",
             "BatchNormalization", "Sub", "Div")
@@ -268,6 +269,7 @@ def import_onnx(path) -> VstModel:
         raise VstError("ONNX graph has no layers")
     try:
         network = L.Network(input_shape, tuple(chain.layers))
+        network.check_size("network")
     except VstError as exc:
         raise VstError(f"ONNX graph does not form a valid network: {exc}") from None
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -275,22 +277,25 @@ def import_onnx(path) -> VstModel:
               "onnx_producer":
               f"{proto.producer_name} {proto.producer_version}".strip(),
               "onnx_metadata": meta, "config": _config_from_metadata(meta)}
-    return VstModel(network, _state(network, chain.params), {}, record)
+    state = _state(network, chain.params)
+    check_state(path, network, state)          # NaN or infinite weights: refused here
+    return VstModel(network, state, {}, record)
 
 
 def _config_from_metadata(meta: dict[str, str]) -> dict:
     """The test eps and data set that vst's own export writes into the ONNX
     metadata, as the record's config, so `vst verify model.onnx` needs no
-    --eps / --data; values that do not parse are ignored (then the flags are
-    needed, as for any other ONNX file)."""
+    --eps / --data. The eps is kept as written (a number when it parses): it
+    is checked by the eps rule where it is used (``verify.default_eps``), so a
+    nonsense eps is refused unless --eps replaces it."""
     config: dict = {}
     if meta.get("dataset"):
         config["data"] = {"dataset": meta["dataset"]}
-    try:
-        eps = float(meta.get("eps", "nan"))
-    except ValueError:
-        eps = float("nan")
-    if math.isfinite(eps) and eps >= 0:
+    if "eps" in meta:
+        try:
+            eps: float | str = float(meta["eps"])
+        except ValueError:
+            eps = meta["eps"]
         config["verify"] = {"eps": eps}
     return config
 
@@ -298,8 +303,7 @@ def _config_from_metadata(meta: dict[str, str]) -> dict:
 def _load(path: Path):
     import onnx
 
-    if not path.is_file():
-        raise VstError(f"ONNX file not found: {path}")
+    check_input(path, "ONNX file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
@@ -390,5 +394,6 @@ def _state(network: L.Network, params: list[dict]) -> dict:
             if tuple(value.shape) != tuple(state[key].shape):
                 raise VstError(f"ONNX layer {i} ({layer.kind}): {name} has shape "
                                f"{tuple(value.shape)}, expected {tuple(state[key].shape)}")
-            state[key] = torch.from_numpy(np.array(value, dtype=np.float32))  # a writable copy
+            with np.errstate(over="ignore", invalid="ignore"):   # check_state names it
+                state[key] = torch.from_numpy(np.array(value, dtype=np.float32))  # a copy
     return {k: v.detach().clone() for k, v in state.items()}

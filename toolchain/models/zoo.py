@@ -73,20 +73,46 @@ ZOO = {"mlp": mlp, "cnn_4layer": cnn_4layer, "cnn_small": cnn_small, "conv1d": c
        "resnet8": zoo_graph.resnet8, "resnet1d": zoo_graph.resnet1d}
 # architectures without hidden linear layers (no ``widths``), always with BatchNorm
 GRAPH_ZOO = ("ds_cnn", "ds_cnn1d", "resnet8", "resnet1d")
+# How many counts ``channels`` may list per architecture: the plain conv archs
+# are two-conv stacks (cnn_4layer is conv, conv, FC, FC); an mlp has none, so
+# ``channels`` given to it is a mistake, not a no-op; the graph archs take one
+# width for all blocks or one per block (ds_cnn: stem + 4 blocks; resnets: 3
+# stages). The graph archs have no hidden linear layers, so no ``widths``.
+CHANNEL_COUNTS = {"mlp": (), "cnn_4layer": (2,), "cnn_small": (2,), "conv1d": (2,),
+                  "ds_cnn": (1, 5), "ds_cnn1d": (1, 5), "resnet8": (1, 3), "resnet1d": (1, 3)}
+
+
+def check_options(arch: str, channels, widths=None, where: str = "model") -> None:
+    """``channels`` and ``widths`` (``None``: the arch's own) must fit ``arch``.
+
+    >>> check_options("mlp", [8, 16])           # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    toolchain.errors.VstError: model.channels does not apply to arch mlp ...
+    """
+    if arch not in ZOO:
+        raise VstError(f"unknown model {arch!r}; choose one of {', '.join(ZOO)}")
+    counts = CHANNEL_COUNTS[arch]
+    if channels is not None and not counts:
+        raise VstError(f"{where}.channels does not apply to arch {arch} (it has no conv "
+                       "layers); remove it")
+    if channels is not None and len(channels) not in counts:
+        need = " or ".join(map(str, counts))
+        raise VstError(f"{where}.channels must list {need} channel counts for arch {arch}, "
+                       f"got {len(channels)}: {list(channels)}")
+    if widths is not None and arch in GRAPH_ZOO:
+        raise VstError(f"model {arch} has no hidden linear layers: {where}.widths does not "
+                       "apply")
 
 
 def build_network(arch: str, input_shape: Shape, num_classes: int, *, channels=None,
                   widths=None, batchnorm: bool = False) -> Network:
     """Build a zoo architecture by name; ``None`` options keep its defaults."""
-    if arch not in ZOO:
-        raise VstError(f"unknown model {arch!r}; choose one of {', '.join(ZOO)}")
+    check_options(arch, channels, widths)
     kwargs = {} if arch in GRAPH_ZOO else {"batchnorm": batchnorm}
     if widths is not None:
-        if arch in GRAPH_ZOO:
-            raise VstError(f"model {arch} has no hidden linear layers: model.widths does not "
-                           "apply")
         kwargs["widths"] = tuple(widths)
-    if channels is not None and arch != "mlp":
+    if channels is not None:
         kwargs["channels"] = tuple(channels)
     network = ZOO[arch](tuple(input_shape), num_classes, **kwargs)
     network.check_size(f"model {arch}")

@@ -15,6 +15,7 @@ that anything that draws from them (none of today's code does) stays exact.
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 
 from toolchain.atomic import atomic_path
 from toolchain.errors import VstError
+from toolchain.inputs import check_input
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -51,6 +53,30 @@ def capture_rng() -> dict:
             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
             "python": [version, list(internal), gauss_next],
             "threads": torch.get_num_threads()}
+
+
+def check_rng(rng: dict, where) -> None:
+    """``VstError`` unless ``rng`` (a loaded checkpoint's) is what ``capture_rng``
+    writes: each state is tried on a private generator, so nothing global
+    changes until ``restore_rng``."""
+    if not rng:
+        return
+    try:
+        torch.Generator().set_state(rng["torch"])
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        if not (len(keys) == 624 and 0 <= pos <= 624 and has_gauss in (0, 1)
+                and math.isfinite(gauss)):
+            raise ValueError("numpy position or gauss out of range")
+        np.random.RandomState().set_state((kind, np.asarray(keys, dtype=np.uint32), pos,
+                                           has_gauss, gauss))
+        version, internal, gauss_next = rng["python"]
+        random.Random().setstate((version, tuple(internal), gauss_next))
+        threads = rng["threads"]
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+            raise ValueError(f"threads {threads!r}")
+    except (KeyError, ValueError, TypeError, RuntimeError, OverflowError, IndexError) as exc:
+        raise VstError(f"{where}: damaged random state ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def restore_rng(rng: dict) -> None:
@@ -95,8 +121,9 @@ def load_checkpoint(out_dir: Path) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     path = out_dir / CHECKPOINT
-    if not path.is_file():
+    if not path.exists():
         raise VstError(f"nothing to resume: no {CHECKPOINT} in {out_dir}")
+    check_input(path, "checkpoint")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata()

@@ -8,9 +8,9 @@ from toolchain.atomic import atomic_path
 
 
 def plot_training(record: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from toolchain.scratch import pyplot
+
+    plt = pyplot(Path(path).parent)
 
     rows = record.get("epochs", [])
     epochs = [r["epoch"] for r in rows]

@@ -34,11 +34,11 @@ from toolchain.errors import VstError
 from toolchain.data import load_data
 from toolchain.device import resolve_device
 from toolchain.models.modelfile import VstModel, save_model
-from toolchain.train.checkpoint import load_checkpoint, restore_rng
 from toolchain.train.distributed import World
 from toolchain.train.epochs import steps_per_epoch
 from toolchain.train.loop import MODEL_FILE, Run, make_run, to_model
 from toolchain.train.methods import get_method
+from toolchain.train.resume import resume_run
 
 log = logging.getLogger("vst.train")
 AUTO_MAX_THREADS = 8
@@ -141,25 +141,4 @@ def _maybe_resume(run: Run, out_dir: Path, resume: bool) -> tuple[int, float]:
     run.record = {"epochs": [], "seconds_total": 0.0}
     if not resume:
         return 0, 0.0
-    ck = load_checkpoint(out_dir)
-    if _without_runtime(ck.config) != _without_runtime(run.cfg.to_dict()):
-        raise VstError(f"{out_dir}: checkpoint was made with a different config; "
-                       "resume with the same config or start a new --out")
-    if ck.step not in (-1, ck.epoch * steps_per_epoch(run)):
-        raise VstError(f"{out_dir}: checkpoint at epoch {ck.epoch} has {ck.step} steps, "
-                       f"expected {ck.epoch * steps_per_epoch(run)}; start a new --out")
-    run.module.load_state_dict(ck.state)          # copied onto the module's device
-    run.optimizer.load_state_dict(ck.optimizer)   # moved to the parameters' device
-    if run.sparsifier is not None:
-        run.sparsifier.load_param_masks(ck.masks)
-    run.method.load_state(ck.method_tensors, ck.method_meta)
-    restore_rng(ck.rng)                           # also the thread count of the first run
-    run.record = ck.record
-    return ck.epoch, float(ck.record.get("seconds_total", 0.0))
-
-
-def _without_runtime(config: dict) -> dict:
-    """A checkpoint may be resumed on another device or thread setting (or
-    written before those keys existed); the threads it ran with are restored."""
-    return {name: {k: v for k, v in section.items() if k not in ("device", "threads")}
-            if isinstance(section, dict) else section for name, section in config.items()}
+    return resume_run(run, out_dir)

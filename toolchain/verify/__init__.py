@@ -52,10 +52,19 @@ def resolve_dataset(model, spec: str | None):
 
 
 def default_eps(model) -> float:
+    """The test eps the model carries (its record, or vst's ONNX metadata), checked
+    by the one eps rule (``toolchain.eps``)."""
+    from toolchain.eps import check_eps
+
     eps = model.record.get("config", {}).get("verify", {}).get("eps")
     if eps is None:
         raise VstError("this model carries no test eps; pass --eps")
-    return float(eps)
+    where = ("the eps in the model's ONNX metadata" if "imported_from" in model.record
+             else "the model's test eps")
+    try:
+        return check_eps(eps, where)
+    except VstError as exc:
+        raise VstError(f"{exc}; pass --eps") from None
 
 
 def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,

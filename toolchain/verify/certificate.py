@@ -37,6 +37,7 @@ from toolchain.verify.steps import ATTACK, BATCH, plan
 
 FORMAT = "vst-certificate"
 VERSION = 1
+MAX_CERTIFICATE_BYTES = 1 << 30      # a certificate of 10,000 samples is a few MiB
 # alpha-CROWN optimizes per batch (learning-rate schedule, early stop): a
 # re-run on another batch may end a little looser, so its margins get room.
 ALPHA_TOL = 0.05
@@ -84,11 +85,13 @@ def save_certificate(path: Path, cert: dict) -> None:
 
 def read_json(path: Path):
     """A certificate file's JSON, whatever its format; one-line ``VstError`` if unreadable."""
-    if not path.is_file():
-        raise VstError(f"certificate not found: {path}")
+    from toolchain.inputs import read_input
+
+    raw = read_input(path, "certificate", limit=MAX_CERTIFICATE_BYTES, gunzip=False)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:   # ValueError: also
+        # JSONDecodeError and an integer of more digits than Python converts
         raise VstError(f"{path}: not a certificate ({exc})") from None
 
 

@@ -214,9 +214,16 @@ class Int8Bounds:
 
 
 def sha256_file(path) -> str:
+    """SHA-256 of a file the user named (a regular file: ``inputs.open_input``)."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from toolchain.inputs import open_input
+
+    h = hashlib.sha256()
+    with open_input(path) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_ranges(x: np.ndarray) -> None:

@@ -20,32 +20,37 @@ import numpy as np
 
 from toolchain.errors import VstError
 
+# onnxruntime's names of the input element types vst can feed
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+               "tensor(float16)": np.float16}
+
 
 class OrtRunner:
     """One onnxruntime session of an ONNX file (CPU, one thread)."""
 
     def __init__(self, path) -> None:
-        import onnxruntime as ort
+        from toolchain.export.onnx import ort_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise VstError(f"{path}: onnxruntime cannot load it "
-                           f"({str(exc).splitlines()[0]})") from None
+        self.session = ort_session(path)
         first = self.session.get_inputs()[0]
         self.name = first.name
         self.shape = [d if isinstance(d, int) and d > 0 else 1 for d in first.shape]
+        if first.type not in INPUT_TYPES:
+            raise VstError(f"{path}: input {first.name!r} is {first.type}; vst feeds float "
+                           f"inputs ({', '.join(INPUT_TYPES)})")
+        self.dtype = INPUT_TYPES[first.type]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """The first output, flattened, for one input ``x`` (any shape, C order)."""
+        """The first output, flattened, for one input ``x`` (any shape, C order),
+        fed in the graph's own input type (a float32 counterexample is exact in
+        float64; a float16 graph gets it rounded, as it would from any caller)."""
         x = np.asarray(x, np.float32).reshape(-1)
         if x.size != math.prod(self.shape):
             raise VstError(f"onnxruntime input {self.name!r} takes {self.shape}, "
                            f"got {x.size} values")
-        return self.session.run(None, {self.name: x.reshape(self.shape)})[0].reshape(-1)
+        feed = x.astype(self.dtype).reshape(self.shape)
+        return np.asarray(self.session.run(None, {self.name: feed})[0],
+                          np.float64).reshape(-1)
 
 
 def unsafe_on_onnxruntime(runner: OrtRunner, prop, x) -> tuple[bool, np.ndarray]:

@@ -10,13 +10,17 @@ of the network's input, ``engine.encode_input``). The data-set certificate
 (``certificate.py``) is unchanged; this one has its own ``format``::
 
     {"format": "vst-property-certificate", "version": 1, "versions": {...},
-     "method": "complete", "n": 2, "counts": {"verified": 1, "falsified": 1,
-     "unknown": 0}, "verified_acc": 0.5, "seconds": 1.2,
+     "semantics": "VNN-LIB, VNN-COMP convention: ...", "method": "complete",
+     "n": 2, "counts": {"verified": 1, "falsified": 1, "unknown": 0},
+     "verified_acc": 0.5, "seconds": 1.2,
      "instances": [{"index": 0, "model": "net.onnx", "model_sha256": "...",
                     "weights_sha256": "...", "vnnlib": "vnnlib/prop_0.vnnlib",
                     "vnnlib_sha256": "...", "timeout": 60.0, "verdict": "verified",
                     "result": "unsat", "procedure": "crown", "seconds": 0.1,
                     "reason": ""}, ...]}
+
+``semantics`` says how the properties were read: the VNN-COMP convention, in
+which ``<`` reads as ``<=`` (``vnnlib_reader``).
 
 ``check_property_certificate`` re-reads every file (hashes must match),
 recomputes the summary, re-proves every ``verified`` claim (the bound it
@@ -37,6 +41,12 @@ from toolchain.verify.certificate_schema import VERDICTS, validate_property_cert
 
 FORMAT = "vst-property-certificate"
 VERSION = 1
+# How the properties were read (vnnlib_reader): the VNN-COMP convention
+SEMANTICS = ("VNN-LIB, VNN-COMP convention: a property states the unsafe region (an input "
+             "box and a disjunction of conjunctions of linear output constraints); strict "
+             "and non-strict comparisons are read alike (< as <=, > as >=), so a "
+             "counterexample may lie on the boundary of a strict constraint; unsat: no "
+             "input in the box is unsafe, sat: the counterexample, checked in float32")
 
 
 def build_property_certificate(loaded, outcomes, method: str, cert_path) -> dict:
@@ -62,7 +72,8 @@ def build_property_certificate(loaded, outcomes, method: str, cert_path) -> dict
         entries.append(entry)
     n = len(entries)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
-    return {"format": FORMAT, "version": VERSION, "versions": versions(), "method": method,
+    return {"format": FORMAT, "version": VERSION, "versions": versions(),
+            "semantics": SEMANTICS, "method": method,
             "n": n, "counts": counts, "verified_acc": counts["verified"] / max(1, n),
             "seconds": float(sum(e["seconds"] for e in entries)), "instances": entries}
 
@@ -118,6 +129,9 @@ def check_property_certificate(cert: dict, source, max_timeout: float | None = N
     t0 = time.perf_counter()
     entries = cert["instances"]
     _summary(cert, source)
+    if cert.get("semantics", SEMANTICS) != SEMANTICS:       # absent: written before the field
+        raise GateFailed(f"{source}: its semantics are not how vst reads VNN-LIB (the "
+                         "VNN-COMP convention, < as <=); its claims cannot be re-checked")
     loaded = load_instances(certificate_instances(cert, source))   # files must exist: exit 2
     modules: dict[int, tuple] = {}
     for e, item in zip(entries, loaded):

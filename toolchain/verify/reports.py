@@ -43,9 +43,9 @@ def write_junit(path: Path, results: list[EpsResult], min_verified: float | None
 
 def plot_results(path: Path, results: list[EpsResult], clean_acc: float) -> None:
     """Verified accuracy vs eps, and the histogram of worst margin lower bounds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from toolchain.scratch import pyplot
+
+    plt = pyplot(Path(path).parent)
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     eps = [r.eps for r in results]
@@ -54,13 +54,16 @@ def plot_results(path: Path, results: list[EpsResult], clean_acc: float) -> None
     a.axhline(clean_acc, color="gray", ls=":", label="clean")
     a.set_xlabel("eps (L-inf)"), a.set_ylabel("accuracy"), a.set_ylim(0, 1.02)
     a.set_title("verified accuracy vs eps"), a.legend(loc="lower left")
+    drawn = False
     for r in results:
         worst = [min(s.margin_lower) for s in r.samples if s.margin_lower]
         if worst:
             b.hist(worst, bins=40, alpha=0.5, label=f"eps={r.eps:g}")
+            drawn = True
     b.axvline(0, color="k", lw=0.8)
     b.set_xlabel("worst margin lower bound (> 0: verified)"), b.set_title("margins")
-    b.legend()
+    if drawn:                # no margins (all misclassified): no legend, and no warning
+        b.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -31,6 +31,7 @@ import numpy as np
 from toolchain.errors import VstError
 
 DEFAULT_TIMEOUT = 60.0     # seconds per property when neither csv nor --timeout says
+MAX_INSTANCES_BYTES = 64 << 20
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
 COMPLETE_METHODS = ("complete", "all")
 RESULTS = ("unsat", "sat", "unknown", "timeout")
@@ -94,26 +95,33 @@ def plan_instances(vnnlib: Path, model: Path | None, timeout: float | None) -> l
 
 def read_instances(path: Path) -> list[Instance]:
     """``onnx,vnnlib,timeout`` per line (no header), paths relative to the csv's folder."""
+    from toolchain.inputs import read_input
+    from toolchain.verify.vnnlib_reader import parse_number
+
     path = Path(path)
-    if not path.is_file():
-        raise VstError(f"instances file not found: {path}")
+    data = read_input(path, "instances file", limit=MAX_INSTANCES_BYTES, gunzip=False)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
         raise VstError(f"{path}: cannot read ({exc})") from None
     out = []
-    for number, fields in enumerate(csv.reader(lines), start=1):
+    rows = csv.reader(lines)
+    while True:
+        try:
+            fields = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:           # a field past csv's limit, a stray quote
+            raise VstError(f"{path}:{rows.line_num}: not a CSV line ({exc})") from None
+        number = rows.line_num
         fields = [f.strip() for f in fields]
         if not any(fields):
             continue
         if len(fields) != 3 or not fields[0] or not fields[1]:
             raise VstError(f"{path}:{number}: expected onnx,vnnlib,timeout, got "
                            f"{len(fields)} columns ({','.join(fields)[:60]!r})")
-        try:
-            seconds = float(fields[2])
-        except ValueError:
-            seconds = float("nan")
-        if not (math.isfinite(seconds) and seconds > 0):
+        seconds = parse_number(fields[2])
+        if seconds is None or not (math.isfinite(seconds) and seconds > 0):
             raise VstError(f"{path}:{number}: timeout must be a number of seconds > 0, got "
                            f"{fields[2]!r}")
         out.append(Instance(path.parent / fields[0], path.parent / fields[1], seconds, number))
@@ -124,6 +132,7 @@ def read_instances(path: Path) -> list[Instance]:
 
 def load_instances(instances: list[Instance]) -> list[Loaded]:
     """Read every network (once each) and property; check the X/Y counts. No output."""
+    from toolchain.inputs import check_input
     from toolchain.verify import load_any_model
     from toolchain.verify.int8_bounds import sha256_file
     from toolchain.verify.vnnlib_reader import read_vnnlib
@@ -133,12 +142,9 @@ def load_instances(instances: list[Instance]) -> list[Loaded]:
     for inst in instances:
         key = inst.model.resolve()
         if key not in models:
-            if not inst.model.is_file():
-                raise VstError(f"model not found: {inst.model}")
+            check_input(inst.model, "model")
             models[key] = (load_any_model(inst.model), sha256_file(inst.model))
         model, model_hash = models[key]
-        if not inst.vnnlib.is_file():
-            raise VstError(f"property file not found: {inst.vnnlib}")
         prop = read_vnnlib(inst.vnnlib)
         check_sizes(prop, model, inst)
         out.append(Loaded(inst, model, prop, model_hash, sha256_file(inst.vnnlib)))

@@ -9,9 +9,20 @@ reader takes the common form of the competition's benchmarks:
 - input bounds as top-level ``(assert (<= X_i c))`` / ``(assert (>= X_i c))``;
 - output constraints as top-level asserts (a conjunction), or one
   ``(assert (or (and ...) (and ...)))`` (a disjunction of conjunctions),
-  each atom ``(<= a b)`` / ``(>= a b)`` (``<`` / ``>`` read the same: bounds
-  are real-valued) over linear terms: numbers, ``Y_j``, ``(+ ...)``,
-  ``(- a b)``, ``(- a)`` and ``(* c Y_j)``.
+  each atom ``(<= a b)`` / ``(>= a b)`` over linear terms: numbers,
+  ``Y_j``, ``(+ ...)``, ``(- a b)``, ``(- a)`` and ``(* c Y_j)``.
+
+Strict and non-strict comparisons are read alike, the VNN-COMP convention:
+``(< a b)`` is ``(<= a b)``. So ``(assert (< Y_0 Y_0))`` is met by every
+output (``sat``), and a property whose unsafe region is only a boundary
+(``Y_0 < Y_1`` at a tie) is answered on its closure, which can only say
+``sat`` where the strict reading might say ``unsat``, never the reverse.
+
+Numbers are plain decimals in ASCII (``-1``, ``0.5``, ``.5``, ``1e-3``): no
+``inf`` / ``nan``, ``1_000``, hex or other digits; every number and every
+coefficient and constant computed from them must be finite in float64 (so
+``1e999`` or ``(* 1e200 1e200)`` is an error, not an infinite bound). Terms
+nest at most ``MAX_DEPTH`` deep; an ``(or)`` needs at least one branch.
 
 Every output atom becomes a row ``a . Y <= c``; the property is unsafe iff
 some disjunct has all its rows true. Anything else is one ``VstError`` line
@@ -29,15 +40,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from toolchain.errors import VstError
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
-_VAR = re.compile(r"([XY])_(\d+)$")
+_VAR = re.compile(r"([XY])_([0-9]{1,9})", re.ASCII)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 MAX_VARIABLES = 10_000_000
+MAX_DEPTH = 64          # VNN-COMP properties nest a few levels; a term deeper is refused
+MAX_FILE_BYTES = 256 << 20
 
 
 @dataclass
@@ -61,6 +74,8 @@ def _parse_sexprs(text: str, where: str) -> list:
     stack: list[list] = [[]]
     for tok in _TOKEN.findall(text):
         if tok == "(":
+            if len(stack) > MAX_DEPTH:
+                raise VstError(f"{where}: terms nest deeper than {MAX_DEPTH} levels")
             stack.append([])
         elif tok == ")":
             if len(stack) == 1:
@@ -74,15 +89,25 @@ def _parse_sexprs(text: str, where: str) -> list:
     return stack[0]
 
 
+def parse_number(tok: str) -> float | None:
+    """A plain ASCII decimal as a float; ``None`` if ``tok`` is not one.
+
+    >>> parse_number("1e-3"), parse_number("1_000"), parse_number("inf")
+    (0.001, None, None)
+    """
+    return float(tok) if _NUMBER.fullmatch(tok) else None
+
+
 def _number(tok, where: str) -> float | None:
     if not isinstance(tok, str):
         return None
-    try:
-        value = float(tok)
-    except ValueError:
+    value = parse_number(tok)
+    if value is None:
+        if tok.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            raise VstError(f"{where}: non-finite number {tok!r}")
         return None
     if not math.isfinite(value):
-        raise VstError(f"{where}: non-finite number {tok!r}")
+        raise VstError(f"{where}: number {_show(tok)} overflows a double")
     return value
 
 
@@ -92,7 +117,7 @@ class _Reader:
         self.declared = {"X": 0, "Y": 0}
 
     def var(self, tok):
-        m = _VAR.match(tok) if isinstance(tok, str) else None
+        m = _VAR.fullmatch(tok) if isinstance(tok, str) else None
         if m is None:
             return None
         kind, index = m.group(1), int(m.group(2))
@@ -101,7 +126,14 @@ class _Reader:
         return kind, index
 
     def linear(self, term) -> tuple[dict[int, float], float, bool]:
-        """A linear term over Y: (coefficients, constant, mentions X)."""
+        """A linear term over Y: (coefficients, constant, mentions X); every
+        coefficient and the constant finite."""
+        coef, const, has_x = self._linear(term)
+        if not (math.isfinite(const) and all(math.isfinite(v) for v in coef.values())):
+            raise VstError(f"{self.where}: the term {_show(term)} overflows a double")
+        return coef, const, has_x
+
+    def _linear(self, term) -> tuple[dict[int, float], float, bool]:
         value = _number(term, self.where)
         if value is not None:
             return {}, value, False
@@ -133,7 +165,8 @@ class _Reader:
                 const += s * k
                 has_x |= x
             return coef, const, has_x
-        raise VstError(f"{self.where}: cannot read term {_show(term)}")
+        raise VstError(f"{self.where}: cannot read term {_show(term)} (numbers are plain "
+                       "ASCII decimals such as 0.5 or -1e-3)")
 
     def atom(self, expr):
         """``(<= a b)`` as ('X', index, bound, is_upper) or ('Y', row, c)."""
@@ -157,7 +190,10 @@ class _Reader:
             row[j] += v
         for j, v in cb.items():
             row[j] -= v
-        return ("Y", row, kb - ka)
+        c = kb - ka
+        if not (math.isfinite(c) and np.all(np.isfinite(row))):
+            raise VstError(f"{self.where}: the comparison {_show(expr)} overflows a double")
+        return ("Y", row, c)
 
 
 def _show(expr) -> str:
@@ -173,13 +209,16 @@ def parse_vnnlib_text(text: str, where: str = "vnnlib") -> Property:
         if isinstance(form, list) and form and form[0] == "declare-const":
             if len(form) != 3 or form[2] != "Real" or not isinstance(form[1], str):
                 raise VstError(f"{where}: bad declaration {_show(form)}")
-            m = _VAR.match(form[1])
+            m = _VAR.fullmatch(form[1])
             if m is None:
-                raise VstError(f"{where}: variables must be X_i or Y_j, got {form[1]}")
+                raise VstError(f"{where}: variables must be X_i or Y_j, got {_show(form[1])}")
             reader.declared[m.group(1)] = max(reader.declared[m.group(1)], int(m.group(2)) + 1)
     n_in, n_out = reader.declared["X"], reader.declared["Y"]
-    if n_in == 0 or n_out == 0 or n_in + n_out > MAX_VARIABLES:
+    if n_in == 0 or n_out == 0:
         raise VstError(f"{where}: needs X_ and Y_ variables, found {n_in} and {n_out}")
+    if n_in + n_out > MAX_VARIABLES:
+        raise VstError(f"{where}: declares {n_in} inputs and {n_out} outputs, more than "
+                       f"{MAX_VARIABLES:,} variables")
     lower, upper = np.full(n_in, -np.inf), np.full(n_in, np.inf)
     common: list[tuple[np.ndarray, float]] = []
     disjunctions: list[list[list[tuple[np.ndarray, float]]]] = []
@@ -192,6 +231,9 @@ def parse_vnnlib_text(text: str, where: str = "vnnlib") -> Property:
             raise VstError(f"{where}: bad assert {_show(form)}")
         body = form[1]
         if isinstance(body, list) and body and body[0] == "or":
+            if len(body) == 1:
+                raise VstError(f"{where}: an empty (or) is false: it states no unsafe "
+                               "region; give at least one branch")
             branches = []
             for branch in body[1:]:
                 atoms = branch[1:] if isinstance(branch, list) and branch[:1] == ["and"] \
@@ -235,10 +277,13 @@ def parse_vnnlib_text(text: str, where: str = "vnnlib") -> Property:
 
 
 def read_vnnlib(path) -> Property:
-    """``parse_vnnlib_text`` of a file; one-line errors for unreadable files."""
-    path = Path(path)
+    """``parse_vnnlib_text`` of a file (a regular file, at most ``MAX_FILE_BYTES``);
+    one-line errors for unreadable files."""
+    from toolchain.inputs import read_input
+
+    data = read_input(path, "property file", limit=MAX_FILE_BYTES, gunzip=False)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise VstError(f"{path}: cannot read ({exc})") from None
     return parse_vnnlib_text(text, str(path))

@@ -111,10 +111,10 @@ def _tensor(i: int, t, buffers, type_names) -> Tensor:
 
 def read_tflite(path) -> Graph:
     """Parse ``path``; raise ``VstError`` on damage, several subgraphs or an unknown op."""
+    from toolchain.inputs import read_input
+
     path = Path(path)
-    if not path.is_file():
-        raise VstError(f"tflite model not found: {path}")
-    raw = path.read_bytes()
+    raw = read_input(path, "tflite model", gunzip=False)
     if raw[4:8] != b"TFL3":
         raise VstError(f"{path}: not a readable .tflite file (no TFL3 identifier)")
     schema = _schema()
