@@ -239,7 +239,7 @@ def _outputs_onto_inputs(t: Path) -> list:
     """(args, what the line names) for outputs that are an input or each other."""
     (t / "o" / "c").mkdir(parents=True)
     inner = _model_file(t / "o" / "c")                         # o/c/m.vst
-    for name in ("a.json", "b.json", "d.npz", "export.json", "d_float.tflite"):
+    for name in ("a.json", "b.json", "d.npz", "d.png", "export.json", "d_float.tflite"):
         (t / name).write_text("{}")          # stand-ins: only their paths matter
     (t / "link.vst").symlink_to(t / "m.vst")
     for cfg in ("o/report.md", "o/model.vst"):                  # configs where outputs go
@@ -249,7 +249,8 @@ def _outputs_onto_inputs(t: Path) -> list:
         (["verify", m, "--eps", "0.1", "--json", m], "--json ../m.vst would overwrite MODEL"),
         (["verify", m, "--eps", "0.1", "--json", "./../m.vst"], "would overwrite MODEL"),
         (["verify", m, "--eps", "0.1", "--json", t / "link.vst"], "would overwrite MODEL"),
-        (["verify", t / "link.vst", "--eps", "0.1", "--plot", m], "would overwrite MODEL"),
+        (["verify", m, "--data", t / "d.png", "--eps", "0.1", "--plot", t / "d.png"],
+         "would overwrite --data"),
         (["verify", m, "--eps", "0.1", "--json", "x.json", "--junit", "./x.json"],
          "are the same file"),
         (["verify", m, "--data", t / "d.npz", "--junit", t / "d.npz"], "would overwrite --data"),

@@ -50,7 +50,7 @@ def test_channels_option_and_refusals():
     assert convs == [(4, 3), (4, 3), (4, 3), (8, 3), (8, 3), (8, 1), (8, 3), (8, 3), (8, 1)]
     ds = build_network("ds_cnn", (1, 16, 16), 10, channels=(8, 8, 16, 16, 32))
     assert ds.layers[-1] == L.Linear(32, 10)
-    with pytest.raises(VstError, match="channels takes 1 or 5 widths, got 2"):
+    with pytest.raises(VstError, match="channels must list 1 or 5 channel counts for arch ds_cnn, got 2"):
         build_network("ds_cnn", (1, 16, 16), 10, channels=(8, 8))
     with pytest.raises(VstError, match="model.widths does not apply"):
         build_network("resnet8", (1, 16, 16), 10, widths=(32,))
