@@ -19,6 +19,9 @@ golden outputs. What is measured, per variant (float, int8):
   ``-DVST_PROFILE`` and reads the counter after every kernel call (``VST
   marks``); each mark adds about 20 instructions to the inference's count.
 
+``bench_build(BUILD_DIR, target)`` is the stage's entry for ``vst bench`` and
+``vst build`` (the C of ``BUILD_DIR/export/c`` into ``BUILD_DIR/bench/TARGET``).
+
 >>> result = bench_model("build/c", "mnist", load_target("cortex-m4"), "build/fw")  # doctest: +SKIP
 >>> result["float"]["instructions_per_inference"], result["int8"]["fits"]  # doctest: +SKIP
 (412360, True)
@@ -328,3 +331,18 @@ def bench_model(c_dir, name: str, target: Target, out_dir, *,
         results[variant] = measure(fw, run, golden, ops.get(variant))
     write_text(out_dir / "bench.json", json.dumps(results, indent=2) + "\n")
     return results
+
+
+def bench_dir(build_dir, target: Target) -> Path:
+    """Where a build folder's bench of ``target`` goes: ``BUILD_DIR/bench/TARGET``."""
+    return Path(build_dir) / "bench" / target.name
+
+
+def bench_build(build_dir, target: Target, name: str = "model") -> dict:
+    """The bench stage (``vst bench`` and ``vst build``): the generated C of a build
+    folder (``BUILD_DIR/export/c``) built, run and measured into ``bench_dir``
+    (``bench.json``). No generated C there is a one-line ``VstError``."""
+    c_dir = Path(build_dir) / "export" / "c"
+    if not (c_dir / f"{name}.h").is_file():
+        raise VstError(f"no generated C in {c_dir} (run `vst build` or `vst export` first)")
+    return bench_model(c_dir, name, target, bench_dir(build_dir, target))

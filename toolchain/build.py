@@ -2,12 +2,16 @@
 
     train -> verify -> compact -> re-verify -> export -> verify int8 -> bench -> report
 
-Each stage has a key (a hash of what it reads: config section, input model
-hash, target) and writes artifacts; ``BUILD_DIR/.vst-stages.json``
-(``stage_memo.Stages``) remembers each stage's key and its artifacts' hashes.
-A stage whose key and artifacts are unchanged is not run again. Either way
-its numbers are read back from its artifacts (``_read_*``: the model file,
-the certificate, ``export.json``, ``bench.json``), never from the memo.
+Each stage is one call of its entry function, the same one its CLI subcommand
+calls (``train.trainer.train``, ``verify.run_verify``, ``compact.run_compact``,
+``export.run.run_exports``, ``verify.int8_certificate.verify_int8``,
+``bench.bench_build``): this module only chains them. Each stage has a key (a
+hash of what it reads: config section, input model hash, target) and writes
+artifacts; ``BUILD_DIR/.vst-stages.json`` (``stage_memo.Stages``) remembers
+each stage's key and its artifacts' hashes. A stage whose key and artifacts
+are unchanged is not run again. Either way its numbers are read back from its
+artifacts (``_read_*``: the model file, the certificate, ``export.json``,
+``bench.json``), never from the memo.
 Export subsets work: what a format did not produce is null in the summary
 and the stages that need it are skipped; combinations that cannot work
 (a bench without C, an int8 gate without a .tflite) are refused before
@@ -20,6 +24,7 @@ import contextlib
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from toolchain import __version__
@@ -91,9 +96,17 @@ def check_plan(cfg: Config, bench: bool) -> None:
 
 def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
            show_progress: bool) -> dict:
+    from toolchain.bench import bench_build, bench_dir
+    from toolchain.compact import run_compact
+    from toolchain.data import load_data
+    from toolchain.export import exportable_formats
+    from toolchain.export.run import EXPORT_JSON, run_exports
     from toolchain.models.modelfile import load_model
     from toolchain.targets import load_target
-    from toolchain.data import load_data
+    from toolchain.train.trainer import train
+    from toolchain.verify import run_verify
+    from toolchain.verify.int8_bounds import sha256_file
+    from toolchain.verify.int8_certificate import verify_int8
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -103,44 +116,49 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     stages = Stages(out)
     data = load_data(cfg)
     progress = _Progress(show_progress)
+    verify = partial(run_verify, dataset=data, eps_list=[cfg.verify.eps],
+                     method=cfg.verify.method, n=cfg.verify.n, device=cfg.verify.device,
+                     timeout=cfg.verify.timeout, show_progress=show_progress)
 
     model_path = out / "train" / "model.vst"
     train_res = stages.run("train", _key(__version__, data.sha256(), cfg.data, cfg.model,
                                          cfg.sparsity, cfg.train, cfg.verify.eps),
-                           [model_path], lambda: _train(cfg, out / "train", show_progress),
+                           [model_path],
+                           lambda: train(cfg, out / "train", show_progress=show_progress),
                            lambda: _read_train(model_path))
     model = load_model(model_path)
     progress.say(f"trained: density {train_res['density']:.3f}, {train_res['seconds']:.0f} s")
 
     sparse_cert = out / "certificate_sparse.json"
     verify_res = stages.run("verify", _key(model.weights_hash(), cfg.verify, data.sha256()),
-                            [sparse_cert],
-                            lambda: _verify(model, data, cfg, sparse_cert, show_progress),
+                            [sparse_cert], lambda: verify(model, out=sparse_cert),
                             lambda: _read_certificate(sparse_cert, model, data))
     progress.say(f"verified (sparse): {verify_res['verified_acc']:.1%} at eps={cfg.verify.eps}")
 
     compact_path = out / "compact.vst"
     compact_res = stages.run("compact", _key(__version__, model.weights_hash(), data.sha256()),
-                             [compact_path], lambda: _compact(model, data, compact_path),
+                             [compact_path], lambda: run_compact(model, data, compact_path),
                              lambda: _read_compact(model, compact_path))
     small = load_model(compact_path)
     cert_path = out / "certificate.json"
     reverify_res = stages.run("reverify", _key(small.weights_hash(), cfg.verify, data.sha256()),
-                              [cert_path],
-                              lambda: _verify(small, data, cfg, cert_path, show_progress),
+                              [cert_path], lambda: verify(small, out=cert_path),
                               lambda: _read_certificate(cert_path, small, data))
     progress.say(f"compacted: {compact_res['params_before']} -> {compact_res['params_after']} "
                  f"params, verified {reverify_res['verified_acc']:.1%}")
 
-    from toolchain.export import exportable_formats
     formats, skipped = exportable_formats(small.network, cfg.export.formats)
     export_dir = out / "export"
     export_res = stages.run("export", _key(__version__, small.weights_hash(), cfg.export,
                                            cfg.verify.eps, data.sha256(), target.int8_kernels),
                             [export_dir],
-                            lambda: _export(small, data, cfg, export_dir, reverify_res,
-                                            target.int8_kernels, formats, skipped),
-                            lambda: _read_json(export_dir / "export.json"))
+                            lambda: run_exports(small, data, export_dir, formats=formats,
+                                                name=NAME, eps=cfg.verify.eps,
+                                                vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
+                                                verified_acc=reverify_res["verified_acc"],
+                                                kernels=target.int8_kernels, exclusive=True,
+                                                skipped=skipped),
+                            lambda: _read_json(export_dir / EXPORT_JSON))
     shown = [f"{what} {export_res[k]:{fmt}}" for what, k, fmt in (
         ("ONNX diff", "onnx_max_abs_diff", ".1e"),
         ("int8 agreement", "tflite_int8_agreement", ".1%")) if export_res.get(k) is not None]
@@ -152,10 +170,13 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
     int8_cert = out / "certificate_int8.json"
     if export_res.get("tflite_int8"):
         tflite = out / export_res["tflite_int8"]
-        from toolchain.verify.int8_bounds import sha256_file
+        c_source = export_dir / "c" / f"{NAME}_int8.c"      # the C that carries its weights
         int8_res = stages.run("verify_int8", _key(__version__, sha256_file(tflite), cfg.verify.eps,
                                                   cfg.verify.n, data.sha256()),
-                              [int8_cert], lambda: _verify_int8(tflite, data, cfg, out),
+                              [int8_cert],
+                              lambda: verify_int8(tflite, data, [cfg.verify.eps], cfg.verify.n,
+                                                  c_source=c_source if c_source.is_file()
+                                                  else None, out=int8_cert),
                               lambda: _read_int8_certificate(int8_cert, tflite, data))
         progress.say(f"verified (int8, as flashed): {int8_res['verified_acc']:.1%} "
                      f"at eps={cfg.verify.eps}")
@@ -170,10 +191,9 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
         progress.say("[yellow]warning:[/yellow] firmware build and QEMU run skipped "
                      "(--no-bench): no flash, RAM or instruction numbers")
     if bench:
-        bench_dir = out / "bench" / target.name
         bench_res = stages.run("bench", _key(__version__, small.weights_hash(), asdict(target)),
-                               [bench_dir], lambda: _bench(out, target),
-                               lambda: _read_json(bench_dir / "bench.json"))
+                               [bench_dir(out, target)], lambda: bench_build(out, target, NAME),
+                               lambda: _read_json(bench_dir(out, target) / "bench.json"))
     summary = make_summary(cfg, data, target, train_res, verify_res, compact_res, reverify_res,
                            export_res, bench_res, time.perf_counter() - t0, stages)
     summary["verify"]["int8_verified_acc"] = int8_res["verified_acc"] if int8_res else None
@@ -209,12 +229,6 @@ class _Progress:
             console(stderr=True).print(f"[bold]vst build[/bold] {text}")
 
 
-def _train(cfg, out_dir: Path, show_progress: bool) -> None:
-    from toolchain.train.trainer import train
-
-    train(cfg, out_dir, show_progress=show_progress)
-
-
 def _read_train(model_path: Path) -> dict:
     """The training numbers, from the record in the model file."""
     from toolchain.models.modelfile import load_model
@@ -226,21 +240,6 @@ def _read_train(model_path: Path) -> dict:
             "mode": record["mode"], "device": record.get("device", "cpu"),
             "method": record.get("method"), "threads": record.get("threads"),
             "cpus": record.get("cpus")}
-
-
-def _verify(model, data, cfg, path: Path, show_progress: bool) -> None:
-    """Verify at the config's eps and write the certificate to ``path``."""
-    from toolchain.device import resolve_device
-    from toolchain.verify import verify_model
-    from toolchain.verify.certificate import build_certificate, save_certificate
-
-    device = resolve_device(cfg.verify.device)
-    result = verify_model(model, data, [cfg.verify.eps], cfg.verify.method, cfg.verify.n,
-                          show_progress=show_progress, device=device,
-                          timeout=cfg.verify.timeout)
-    cert = build_certificate(model, data, result)
-    cert["versions"]["device"] = device.type
-    save_certificate(path, cert)
 
 
 def _read_certificate(path: Path, model, data) -> dict:
@@ -258,23 +257,11 @@ def _read_certificate(path: Path, model, data) -> dict:
         "device": cert["versions"].get("device", "cpu")}
 
 
-def _compact(model, data, path: Path) -> None:
-    import torch
-
-    from toolchain.compact import compact, max_abs_diff
-    from toolchain.models.modelfile import save_model
-
-    small, _ = compact(model)
-    small.record["compaction"]["max_abs_diff"] = max_abs_diff(model, small,
-                                                              torch.from_numpy(data.x_test))
-    save_model(path, small)
-
-
 def _read_compact(model, path: Path) -> dict:
     """The compaction numbers, from the compacted model (its layers and its record)."""
     import math
 
-    from toolchain.compact import layer_table, totals
+    from toolchain.compact import size_report
     from toolchain.models.modelfile import load_model
 
     small = load_model(path)
@@ -283,29 +270,13 @@ def _read_compact(model, path: Path) -> dict:
     diff = small.record["compaction"]["max_abs_diff"]
     if not (isinstance(diff, float) and math.isfinite(diff) and diff >= 0):
         raise VstError(f"{path}: compaction.max_abs_diff is not a number >= 0")
-    before, after = layer_table(model.network, model.state), layer_table(small.network,
-                                                                         small.state)
-    b, a = totals(before), totals(after)
-    mode = model.record.get("mode", "dense")
+    size = size_report(model, small)
+    b, a = size["before"], size["after"]
     return {"params_before": b["params"], "params_after": a["params"], "macs_before": b["macs"],
             "macs_after": a["macs"], "nonzero_after": a["nonzero"], "max_abs_diff": diff,
             "bytes_before": b["bytes_float32"], "bytes_after": a["bytes_float32"],
-            "layers_before": before, "layers_after": after,
-            "note": ("unstructured sparsity cannot be removed physically; it is kept as zeros "
-                     "and left to sparse storage at export") if mode == "unstructured" else ""}
-
-
-def _export(small, data, cfg, out: Path, reverify: dict, kernels: str, formats,
-            skipped: dict) -> None:
-    """The formats into ``out`` (nothing else stays there) and ``export.json``;
-    ``skipped`` names the config's formats this network cannot take, and why."""
-    from toolchain.export.run import run_exports
-
-    res = run_exports(small, data, out, formats=formats, name=NAME,
-                      eps=cfg.verify.eps, vnnlib_n=cfg.export.vnnlib_n, golden=GOLDEN,
-                      verified_acc=reverify["verified_acc"], kernels=kernels, exclusive=True)
-    res["skipped"] = skipped
-    write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
+            "layers_before": size["layers_before"], "layers_after": size["layers_after"],
+            "note": size["note"]}
 
 
 def _read_json(path: Path) -> dict:
@@ -313,20 +284,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise VstError(f"{path}: not a JSON object")
     return value
-
-
-def _verify_int8(tflite: Path, data, cfg, out: Path) -> None:
-    """Bound the flashed int8 network in its own arithmetic; certificate_int8.json."""
-    from toolchain.verify.int8_bounds import Int8Bounds
-    from toolchain.verify.int8_certificate import (build_int8_certificate,
-                                                   save_int8_certificate, verify_int8_samples)
-
-    n = cfg.verify.n or None
-    res = verify_int8_samples(Int8Bounds.from_tflite(tflite), data.x_test[:n], data.y_test[:n],
-                              cfg.verify.eps)
-    c_source = out / "export" / "c" / f"{NAME}_int8.c"
-    cert = build_int8_certificate(tflite, data, [res], c_source if c_source.is_file() else None)
-    save_int8_certificate(out / "certificate_int8.json", cert)
 
 
 def _read_int8_certificate(path: Path, tflite: Path, data) -> dict:
@@ -341,12 +298,6 @@ def _read_int8_certificate(path: Path, tflite: Path, data) -> dict:
         raise VstError(f"{path} speaks about another .tflite or data")
     res = cert["results"][0]
     return {k: res[k] for k in ("eps", "n", "verified_acc", "clean_acc", "counts", "seconds")}
-
-
-def _bench(out: Path, target) -> None:
-    from toolchain.bench import bench_model
-
-    bench_model(out / "export" / "c", NAME, target, out / "bench" / target.name)
 
 
 def check_out_dir(out: Path) -> None:

@@ -210,13 +210,11 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
     """
     import json
 
-    import torch
-
     from toolchain.atomic import check_outputs, check_writable, write_text
     from toolchain.cli_verify import data_file
-    from toolchain.compact import compact as run_compact, max_abs_diff
+    from toolchain.compact import run_compact
     from toolchain.display import table
-    from toolchain.models.modelfile import load_model, save_model
+    from toolchain.models.modelfile import load_model
     from toolchain.verify import resolve_dataset
 
     check_outputs({"MODEL": model, "--data": data_file(data)},
@@ -226,13 +224,10 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
             check_writable(path)
     src = load_model(model)
     dataset = resolve_dataset(src, data)
-    smaller, report = run_compact(src, fold_bn=not no_fold_bn)
-    diff = max_abs_diff(src, smaller, torch.from_numpy(dataset.x_test))
-    report["max_abs_diff"] = diff
-    smaller.record["compaction"]["max_abs_diff"] = diff
-    save_model(out, smaller)
+    _, report = run_compact(src, dataset, out, fold_bn=not no_fold_bn)
     if json_path:
         write_text(json_path, json.dumps(report, indent=1) + "\n")
+    diff = report["max_abs_diff"]
     b, a = report["before"], report["after"]
     table(("", "params", "nonzero", "MACs", "float32 bytes", "int8 bytes"),
           [(name, str(t["params"]), str(t["nonzero"]), str(t["macs"]), str(t["bytes_float32"]),
@@ -261,41 +256,32 @@ def compact(model, out, data, no_fold_bn, json_path) -> None:
                    "elsewhere) or portable (plain C, e.g. Cortex-M3).")
 def export(model, formats, out, data, eps, name, vnnlib_n, kernels) -> None:
     """Export MODEL to ONNX, VNN-LIB, TFLite (float, int8) and C, each checked against it."""
-    import json
-
-    from toolchain.atomic import write_text
-    from toolchain.export.run import run_exports
-    from toolchain.verify import default_eps, load_any_model, resolve_dataset
-
     from toolchain.atomic import check_outputs, check_writable
     from toolchain.cli_verify import data_file
+    from toolchain.display import table
     from toolchain.export.c import check_name
-    from toolchain.export.run import FORMATS, export_outputs
+    from toolchain.export.run import check_formats, export_outputs, run_exports
+    from toolchain.verify import default_eps, load_any_model, resolve_dataset
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     if not fmts:
         raise VstError(f"--format names no format, got {formats!r}")
-    unknown = [f for f in fmts if f not in FORMATS]
-    if unknown:
-        raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    check_formats(fmts)
     if eps is not None:
         from toolchain.eps import check_eps
 
         check_eps(eps, "--eps")
     check_name(name)
     check_outputs({"MODEL": model, "--data": data_file(data)},
-                  [("--out", p) for p in export_outputs(out, fmts, name)
-                   + [out / "export.json"]])
+                  [("--out", p) for p in export_outputs(out, fmts, name)])
     check_writable(out, directory=True)
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
     eps = eps if eps is not None else (default_eps(vst_model) if "vnnlib" in fmts else 0.0)
     res = run_exports(vst_model, dataset, out, formats=fmts, name=name, eps=eps,
                       vnnlib_n=vnnlib_n, kernels=kernels)
-    write_text(out / "export.json", json.dumps(res, indent=1, default=str) + "\n")
     rows = [(k, f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in res.items()
             if isinstance(v, (int, float, str)) and k != "formats"]
-    from toolchain.display import table
     table(("check / artifact", "value"), rows)
 
 
@@ -311,15 +297,12 @@ def bench(build_dir, target_name, name) -> None:
     not cycles) and parity with the host on the golden vectors. Exit 1 when
     the model does not fit the target's flash/RAM budget.
     """
-    from toolchain.bench import bench_model
+    from toolchain.bench import bench_build
     from toolchain.display import table
     from toolchain.targets import load_target
 
     target = load_target(target_name)
-    c_dir = build_dir / "export" / "c"
-    if not (c_dir / f"{name}.h").is_file():
-        raise VstError(f"no generated C in {c_dir} (run `vst build` or `vst export` first)")
-    res = bench_model(c_dir, name, target, build_dir / "bench" / target.name)
+    res = bench_build(build_dir, target, name)
     variants = [v for v in ("float", "int8") if v in res]
     rows = [(v, _fmt(res[v].get("flash_bytes")), _fmt(res[v].get("ram_bytes")),
              _fmt(res[v].get("instructions_per_inference")), _parity(res[v]),

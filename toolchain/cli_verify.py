@@ -90,9 +90,8 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
     complete or all decides each within its timeout, ibp / crown /
     alpha-crown bound it (then PGD). --min-verified gates the unsat fraction.
     """
-    from toolchain.verify import default_eps, load_any_model, resolve_dataset, verify_model
-    from toolchain.verify.certificate import (build_certificate, check_certificate,
-                                              load_certificate, save_certificate)
+    from toolchain.verify import default_eps, load_any_model, resolve_dataset, run_verify
+    from toolchain.verify.certificate import check_certificate, load_certificate
     from toolchain.verify.reports import plot_results, print_table, write_junit
 
     from toolchain.atomic import check_outputs, check_writable
@@ -139,7 +138,7 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         raise VstError("--c-source applies to an int8 .tflite (the generated int8 C it "
                        f"was made from), not to {model.name}")
     if model.suffix.lower() == ".tflite":
-        _verify_int8(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
+        _verify_tflite(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
         return
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
@@ -150,24 +149,10 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
             _gate_certificate(cert, min_verified)
         return
     eps_list = eps_list or [default_eps(vst_model)]
-    record = None
-    if shard is not None:
-        from toolchain.verify.shard import verify_shard
-
-        results, record = verify_shard(vst_model, dataset, eps_list, method, n, shard,
-                                       show_progress=not ctx.obj["quiet"], timeout=timeout,
-                                       device=run_on)
-    else:
-        results = verify_model(vst_model, dataset, eps_list, method, n,
-                               show_progress=not ctx.obj["quiet"], device=run_on,
-                               timeout=timeout)
+    results, cert = run_verify(vst_model, dataset, eps_list, method, n, shard=shard,
+                               device=run_on, timeout=timeout,
+                               show_progress=not ctx.obj["quiet"], out=json_path)
     print_table(results)
-    cert = build_certificate(vst_model, dataset, results)
-    cert["versions"]["device"] = run_on.type
-    if record is not None:
-        cert["shard"] = record
-    if json_path:
-        save_certificate(json_path, cert)
     if junit_path:
         write_junit(junit_path, results, min_verified, eps_list[0])
     if plot_path:
@@ -361,7 +346,7 @@ def certificate_check(cert_path, min_verified, timeout) -> None:
     _gate_properties(cert["verified_acc"], cert["n"], cert["method"], min_verified)
 
 
-def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
+def _verify_tflite(tflite, data, eps_list, n, min_verified, json_path, cert_path,
                  c_source) -> None:
     """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
     from toolchain.data import load_dataset
@@ -369,9 +354,7 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     from toolchain.inputs import check_input
     from toolchain.verify.certificate import load_certificate
     from toolchain.verify.int8_bounds import Int8Bounds
-    from toolchain.verify.int8_certificate import (build_int8_certificate,
-                                                   check_int8_certificate,
-                                                   save_int8_certificate, verify_int8_samples)
+    from toolchain.verify.int8_certificate import check_int8_certificate, verify_int8
 
     check_input(tflite, "model")
     if not data:
@@ -381,10 +364,10 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
     if c_source is not None:
         check_input(c_source, "--c-source file")
     dataset = load_dataset(data)
-    bounds = Int8Bounds.from_tflite(tflite)
-    if bounds.x_t.size != math.prod(dataset.input_shape):
+    inputs = Int8Bounds.from_tflite(tflite).x_t.size
+    if inputs != math.prod(dataset.input_shape):
         raise VstError(f"data {data} has inputs {dataset.input_shape}, {tflite.name} takes "
-                       f"{bounds.x_t.size} values")
+                       f"{inputs} values")
     if cert_path is not None:      # the re-checked claims, gated like a fresh run
         cert = load_certificate(cert_path, any_format=True)
         click.echo(check_int8_certificate(cert, tflite, dataset, c_source))
@@ -393,15 +376,12 @@ def _verify_int8(tflite, data, eps_list, n, min_verified, json_path, cert_path,
         return
     if not eps_list:
         raise VstError("pass --eps for an int8 .tflite")
-    x, y = dataset.x_test[: n or None], dataset.y_test[: n or None]
-    results = [verify_int8_samples(bounds, x, y, eps) for eps in eps_list]
+    results = verify_int8(tflite, dataset, eps_list, n, c_source=c_source,
+                          out=json_path)["results"]
     table(("eps", "n", "int8 verified", "falsified", "unknown", "int8 clean"),
           [(f"{r['eps']:g}", str(r["n"]), f"{r['verified_acc']:.1%}",
             str(r["counts"]["falsified"]), str(r["counts"]["unknown"]), f"{r['clean_acc']:.1%}")
            for r in results], title=f"{tflite.name}: int8 bounds in TFLite's integer arithmetic")
-    if json_path:
-        save_int8_certificate(json_path, build_int8_certificate(tflite, dataset, results,
-                                                                c_source))
     first = results[0]
     if min_verified is not None and first["verified_acc"] < min_verified:
         raise GateFailed(f"int8 verified {first['verified_acc']:.1%} < required "

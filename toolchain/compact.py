@@ -22,6 +22,9 @@ after bias, BatchNorm and ReLU:
 Tiny example: Conv(1->3) -> ReLU -> Flatten -> Linear(3*4 -> 2) whose conv
 channel 1 is pruned becomes Conv(1->2) -> ReLU -> Flatten -> Linear(2*4 -> 2).
 BatchNorm can then be folded into the preceding Conv/Linear (default on).
+
+The stage's entry, for ``vst compact`` and ``vst build`` alike:
+``run_compact(model, data, out)`` (compact, measure, write ``out``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import dataclasses
 import torch
 
 from toolchain.models import layers as L
-from toolchain.models.modelfile import VstModel
+from toolchain.models.modelfile import VstModel, save_model
 from toolchain.models import graph
 from toolchain.sparsity.groups import channel_groups, channel_index, is_depthwise
 
@@ -212,21 +215,39 @@ def totals(rows: list[dict]) -> dict:
             for k in ("params", "nonzero", "macs", "bytes_float32", "bytes_int8")}
 
 
+def size_report(model: VstModel, smaller: VstModel) -> dict:
+    """Sizes before and after (totals and per layer), and what compaction cannot do."""
+    before, after = layer_table(model.network, model.state), layer_table(smaller.network,
+                                                                         smaller.state)
+    mode = model.record.get("mode", "dense")
+    return {"before": totals(before), "after": totals(after), "layers_before": before,
+            "layers_after": after, "mode": mode,
+            "note": ("unstructured sparsity cannot be removed physically; it is kept as "
+                     "zeros and left to sparse storage at export")
+            if mode == "unstructured" else ""}
+
+
 def compact(model: VstModel, *, fold_bn: bool = True) -> tuple[VstModel, dict]:
     """Remove dead channels (then fold BatchNorm); return the model and a size report."""
     smaller = remove_channels(model)
     if fold_bn:
         smaller = fold_batchnorm(smaller)
-    before, after = layer_table(model.network, model.state), layer_table(smaller.network,
-                                                                         smaller.state)
-    mode = model.record.get("mode", "dense")
-    report = {"before": totals(before), "after": totals(after), "layers_before": before,
-              "layers_after": after, "fold_batchnorm": fold_bn, "mode": mode,
-              "note": ("unstructured sparsity cannot be removed physically; it is kept as "
-                       "zeros and left to sparse storage at export")
-              if mode == "unstructured" else ""}
+    report = {**size_report(model, smaller), "fold_batchnorm": fold_bn}
     smaller.record = {**model.record, "compacted_from": model.weights_hash(),
                       "compaction": {k: report[k] for k in ("before", "after", "fold_batchnorm")}}
+    return smaller, report
+
+
+def run_compact(model: VstModel, data, out, *, fold_bn: bool = True) -> tuple[VstModel, dict]:
+    """The compaction stage (``vst compact`` and ``vst build``): ``compact`` the model,
+    measure the largest output difference on ``data``'s test split, record it in
+    the report and the compacted model's record, and write that model to ``out``
+    (atomically). Returns ``(compacted model, report)``."""
+    smaller, report = compact(model, fold_bn=fold_bn)
+    diff = max_abs_diff(model, smaller, torch.from_numpy(data.x_test))
+    report["max_abs_diff"] = diff
+    smaller.record["compaction"]["max_abs_diff"] = diff
+    save_model(out, smaller)
     return smaller, report
 
 

@@ -4,7 +4,8 @@
 PyTorch), VNN-LIB properties, TFLite float and int8 (+ parity, int8 agreement,
 LiteRT vs TFLM), and C (TFLM array, standalone float/int8 inference, golden
 vectors; ``kernels`` is the int8 kernel family, ``dsp`` or ``portable``).
-Returns the numbers and the paths relative to ``out_dir.parent``.
+Returns the numbers and the paths relative to ``out_dir.parent``, and writes
+them to ``out_dir/export.json``. ``vst export`` and ``vst build`` both call it.
 """
 
 from __future__ import annotations
@@ -17,29 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.atomic import write_text
 from toolchain.errors import VstError
 from toolchain.scratch import ensure_tempdir
 
 FORMATS = ("onnx", "vnnlib", "tflite", "c")
+EXPORT_JSON = "export.json"     # the numbers and paths run_exports returns
 PARITY_SAMPLES = 1000       # test inputs for the parity checks (the whole mnist5k test split)
 
 
 def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
                 eps: float = 0.1, vnnlib_n: int = 100, golden: int = 8,
                 verified_acc: float | None = None, kernels: str = "dsp",
-                exclusive: bool = False) -> dict:
-    """Every format into ``out_dir``, all or nothing: they are written into a
-    staging folder inside it and moved into place only when every one of them
-    was written and checked; a failure leaves ``out_dir`` as it was.
-    ``exclusive``: ``out_dir`` then holds this export only (``vst build``'s
-    folder): what an earlier export with other formats left there is removed."""
+                exclusive: bool = False, skipped: dict | None = None) -> dict:
+    """Every format into ``out_dir``, and the numbers into ``out_dir/export.json``,
+    all or nothing: they are written into a staging folder inside it and moved
+    into place only when every one of them was written and checked; a failure
+    leaves ``out_dir`` as it was. ``exclusive``: ``out_dir`` then holds this
+    export only (``vst build``'s folder): what an earlier export with other
+    formats left there is removed. ``skipped``: formats asked for that this
+    network cannot take, and why (recorded as ``skipped``)."""
     # TensorFlow's C++ logging (oneDNN notices, absl) is noise for a vst user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
-    if not formats:
-        raise VstError("no export format given")
+    check_formats(formats)
     from toolchain.export import check_exportable
     from toolchain.export.c import check_name
     check_name(name)                    # it names files: checked before anything is written
@@ -55,6 +56,9 @@ def run_exports(model, data, out_dir, *, formats=FORMATS, name: str = "model",
     try:
         res = _run(model, data, stage, out_dir.name, formats, name, eps, vnnlib_n, golden,
                    verified_acc, kernels)
+        if skipped is not None:
+            res["skipped"] = skipped
+        write_text(stage / EXPORT_JSON, json.dumps(res, indent=1, default=str) + "\n")
         if exclusive:
             fresh = {entry.name for entry in stage.iterdir()}
             for old in out_dir.iterdir():
@@ -77,6 +81,15 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def check_formats(formats) -> None:
+    """One line for an empty list or a format vst does not know (the first, in order)."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise VstError(f"unknown export format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if not formats:
+        raise VstError("no export format given")
+
+
 def export_outputs(out_dir, formats, name: str = "model") -> list[Path]:
     """What ``run_exports`` writes into ``out_dir`` for ``formats`` (files, and
     folders it replaces as a whole): checked against the inputs before work."""
@@ -92,7 +105,7 @@ def export_outputs(out_dir, formats, name: str = "model") -> list[Path]:
         paths += [out_dir / f"{name}_float.tflite", out_dir / f"{name}_int8.tflite"]
     if "c" in formats:
         paths.append(out_dir / "c")
-    return paths
+    return paths + [out_dir / EXPORT_JSON]
 
 
 def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, golden,

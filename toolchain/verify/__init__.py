@@ -1,8 +1,10 @@
 """Verification stage: bounds, attacks, verdicts, certificates and the CI gate.
 
-``verify_model(model, dataset, eps_list, method)`` runs the cascade of
-``engine`` on the test split for each eps and returns one ``EpsResult`` each;
-``certificate`` turns them into the JSON that names the exact weights.
+``run_verify(model, dataset, eps_list, method, out=PATH)`` is the stage's one
+entry, for ``vst verify`` and ``vst build`` alike: ``verify_model`` runs the
+cascade of ``engine`` on the test split (or one shard of it) for each eps, one
+``EpsResult`` each; ``certificate`` turns them into the JSON that names the
+exact weights, written to ``out``.
 """
 
 from __future__ import annotations
@@ -67,11 +69,46 @@ def default_eps(model) -> float:
         raise VstError(f"{exc}; pass --eps") from None
 
 
+def run_verify(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
+               shard: tuple[int, int] | None = None, device="cpu",
+               timeout: float | None = None, show_progress: bool = True, out=None):
+    """The verification stage (``vst verify`` and ``vst build``): the cascade on the
+    first ``n`` test samples (0: all; with ``shard`` ``(I, N)`` only its slice) at
+    each eps, and the certificate naming the exact weights and data, written
+    atomically to ``out`` when given. Returns ``(results, certificate)``.
+
+    ``device``: ``auto`` | ``cpu`` | ``cuda`` or a ``torch.device``; the
+    certificate records its type.
+    """
+    from toolchain.device import resolve_device
+    from toolchain.verify.certificate import build_certificate, save_certificate
+    from toolchain.verify.shard import shard_record
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    results = verify_model(model, dataset, eps_list, method, n, shard=shard,
+                           show_progress=show_progress, device=device, timeout=timeout)
+    cert = build_certificate(model, dataset, results)
+    cert["versions"]["device"] = device.type
+    if shard is not None:
+        cert["shard"] = shard_record(*shard, _total(dataset, n))
+    if out is not None:
+        save_certificate(out, cert)
+    return results, cert
+
+
+def _total(dataset, n: int) -> int:
+    """How many test samples "the first ``n``" are (0: all)."""
+    return min(n, len(dataset.x_test)) if n else len(dataset.x_test)
+
+
 def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
-                 show_progress: bool = True, attack=None, device=None,
-                 timeout: float | None = None):
+                 shard: tuple[int, int] | None = None, show_progress: bool = True,
+                 attack=None, device=None, timeout: float | None = None):
     """Cascade verdicts for the first ``n`` test samples (0: all) at each eps.
 
+    ``shard`` ``(I, N)``: only the samples whose index ``i`` has ``i % N == I``
+    (``verify.shard``); each sample keeps its global test index, which also
+    seeds its attack, so its verdict is the one an unsharded run gives.
     ``device`` (a ``torch.device``; default the CPU) is where the network and
     its bounds run; the samples, verdicts and margins stay on the CPU.
     ``timeout``: seconds of complete verification per sample (methods
@@ -84,9 +121,18 @@ def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
     from toolchain.lirpa.bounds import Bounder
     from toolchain.verify.attack import AttackConfig
     from toolchain.verify.engine import DEFAULT_TIMEOUT, verify_samples
+    from toolchain.verify.shard import shard_indices
 
     if n < 0:
         raise VstError(f"--n must be >= 0, got {n}")
+    total = _total(dataset, n)
+    ids, label = list(range(total)), ""
+    if shard is not None:
+        index, count = shard
+        ids, label = shard_indices(index, count, total), f" shard {index}/{count}"
+        if not ids:
+            raise VstError(f"--shard {index}/{count}: the slice is empty (only {total} test "
+                           "samples); use fewer shards")
     device = torch.device("cpu") if device is None else device
     module = model.torch_module().eval().to(device)
     bounder = Bounder(module, dataset.input_shape)
@@ -94,18 +140,22 @@ def verify_model(model, dataset, eps_list, method: str = "crown", n: int = 0, *,
     if device.type != "cpu":
         module, bounder = _on_device(module, bounder, device)
         cpu_module = model.torch_module().eval()
-    x = torch.from_numpy(dataset.x_test[: n or None])
-    y = torch.from_numpy(dataset.y_test[: n or None])
+    sel = torch.tensor(ids, dtype=torch.long)
+    x = torch.from_numpy(dataset.x_test[:total])[sel]
+    y = torch.from_numpy(dataset.y_test[:total])[sel]
     results = []
     with progress() as bar:
         for eps in eps_list:
-            task = bar.add_task(f"verify eps={eps:g}", total=None, info=method,
+            task = bar.add_task(f"verify eps={eps:g}{label}", total=None, info=method,
                                 visible=show_progress)
-            results.append(verify_samples(
+            res = verify_samples(
                 module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
-                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m),
+                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m), ids=ids,
                 timeout=DEFAULT_TIMEOUT if timeout is None else timeout,
-                complete_module=cpu_module))
+                complete_module=cpu_module)
+            for s in res.samples:
+                s.index = ids[s.index]
+            results.append(res)
             bar.update(task, total=len(x), completed=len(x))
     return results
 

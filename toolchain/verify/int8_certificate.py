@@ -6,6 +6,7 @@ the data and eps, and per sample the verdict and the margin lower bounds of
 ``int8_bounds``. Verdicts: ``verified`` (every margin bound >= 1 and no tie
 possible), ``falsified`` (the int8 network misclassifies the unperturbed input
 itself: a counterexample inside the box) or ``unknown``.
+``verify_int8`` is the stage's entry (it writes the certificate);
 ``check_int8_certificate`` recomputes every claim, under the same sample rules as
 the float certificate (``certificate_rules``).
 """
@@ -73,6 +74,22 @@ def build_int8_certificate(tflite_path, dataset, results: list[dict], c_source=N
         "dataset": {"name": dataset.name, "sha256": dataset.sha256(), "split": "test"},
         "input_range": list(INPUT_RANGE), "norm": "Linf", "results": results,
     }
+
+
+def verify_int8(tflite_path, dataset, eps_list, n: int = 0, *, c_source=None,
+                out=None) -> dict:
+    """The int8 verification stage (``vst verify MODEL.tflite`` and ``vst build``):
+    bound the int8 network that is flashed, in its own arithmetic, on the first
+    ``n`` test samples (0: all) at each eps; the certificate names the .tflite and,
+    when given, the generated int8 C source. Written atomically to ``out`` when
+    given; returned either way."""
+    bounds = Int8Bounds.from_tflite(tflite_path)
+    x, y = dataset.x_test[: n or None], dataset.y_test[: n or None]
+    results = [verify_int8_samples(bounds, x, y, eps) for eps in eps_list]
+    cert = build_int8_certificate(tflite_path, dataset, results, c_source)
+    if out is not None:
+        save_int8_certificate(out, cert)
+    return cert
 
 
 def save_int8_certificate(path, cert: dict) -> None:

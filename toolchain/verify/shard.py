@@ -6,7 +6,9 @@ A shard ``I/N`` (0 <= I < N) certifies the test samples whose global index
 hard samples. Its certificate says so in ``shard`` (``index``, ``count``,
 ``total``) and keeps each sample's global ``index``; the checker
 (``certificate.check_certificate``) accepts it only if its samples are
-exactly that slice.
+exactly that slice. The verification itself is the stage's own
+(``verify.run_verify(..., shard=(I, N))``); this module holds the slice rule
+and the merge.
 
 ``merge_certificates`` joins the N shard certificates of one run into the
 certificate an unsharded run would have written: same weights, data, eps
@@ -46,58 +48,6 @@ def shard_indices(index: int, count: int, total: int) -> list[int]:
 def shard_record(index: int, count: int, total: int) -> dict:
     return {"index": index, "count": count, "total": total,
             "rule": f"sample index % {count} == {index}, index < {total}"}
-
-
-def verify_shard(model, dataset, eps_list, method: str, n: int, shard: tuple[int, int], *,
-                 show_progress: bool = True, attack=None, timeout: float | None = None,
-                 device=None):
-    """The cascade on shard ``(I, N)`` of the first ``n`` test samples (0: all).
-
-    Returns ``(results, record)``: ``EpsResult`` per eps whose samples carry
-    their global test index, and the certificate's ``shard`` record.
-    ``device``: where the network and its bounds run (default the CPU).
-    """
-    import torch
-
-    from toolchain.display import progress
-    from toolchain.lirpa.bounds import Bounder
-    from toolchain.verify.attack import AttackConfig
-    from toolchain.verify.engine import verify_samples
-
-    if n < 0:
-        raise VstError(f"--n must be >= 0, got {n}")
-    index, count = shard
-    total = min(n, len(dataset.x_test)) if n else len(dataset.x_test)
-    idx = shard_indices(index, count, total)
-    if not idx:
-        raise VstError(f"--shard {index}/{count}: the slice is empty (only {total} test "
-                       "samples); use fewer shards")
-    device = torch.device("cpu") if device is None else device
-    module = model.torch_module().eval().to(device)
-    bounder = Bounder(module, dataset.input_shape)
-    if device.type != "cpu":
-        from toolchain.verify import _on_device
-        module, bounder = _on_device(module, bounder, device)
-    sel = torch.tensor(idx, dtype=torch.long)
-    x = torch.from_numpy(dataset.x_test[: total])[sel]
-    y = torch.from_numpy(dataset.y_test[: total])[sel]
-    results = []
-    with progress() as bar:
-        for eps in eps_list:
-            task = bar.add_task(f"verify eps={eps:g} shard {index}/{count}", total=None,
-                                info=method, visible=show_progress)
-            res = verify_samples(
-                module, bounder, x, y, eps, method, attack=attack or AttackConfig(),
-                on_batch=lambda m, k, task=task: bar.update(task, advance=k, info=m), ids=idx,
-                **({} if timeout is None else {"timeout": timeout}))
-            for s in res.samples:
-                s.index = idx[s.index]
-            results.append(res)
-            bar.update(task, total=len(x), completed=len(x))
-    return results, shard_record(index, count, total)
-
-
-# -- merging --------------------------------------------------------------------
 
 
 def _settings(cert: dict) -> dict:
