@@ -18,6 +18,10 @@ golden outputs. What is measured, per variant (float, int8):
 - instructions per operator: the self-test's model is compiled with
   ``-DVST_PROFILE`` and reads the counter after every kernel call (``VST
   marks``); each mark adds about 20 instructions to the inference's count.
+- cycles (``toolchain.cycles``): the same ELF run on the core's cycle model,
+  per inference and per operator, with cycles per MAC, milliseconds at the
+  target's ``[clock]`` and microjoules; ``instructions_per_inference_model``
+  is the model's exact instruction count, to compare with QEMU's.
 
 >>> result = bench_model("build/c", "mnist", load_target("cortex-m4"), "build/fw")  # doctest: +SKIP
 >>> result["float"]["instructions_per_inference"], result["int8"]["fits"]  # doctest: +SKIP
@@ -307,8 +311,10 @@ def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray],
 def bench_model(c_dir, name: str, target: Target, out_dir, *,
                 variants: tuple[str, ...] = ("float", "int8"),
                 host_outputs: dict | None = None, opt: str = "-O2",
-                timeout: float = 60) -> dict:
+                timeout: float = 60, cycles: bool = True) -> dict:
     """Build, run and measure each variant; write ``out_dir/bench.json``.
+
+    ``cycles``: also run the cycle model (Cortex-M targets).
 
     ``host_outputs``: the reference outputs (``float``: (count, out) float
     outputs of the golden inputs; optionally ``int8``: the quantized ones);
@@ -326,5 +332,9 @@ def bench_model(c_dir, name: str, target: Target, out_dir, *,
             run_qemu(fw.elf, target, timeout=timeout)
         write_text(out_dir / variant / "run.log", run.log)
         results[variant] = measure(fw, run, golden, ops.get(variant))
+        if cycles and not target.is_host:
+            from toolchain.cycles import bench_keys
+            results[variant].update(bench_keys(fw.elf, target, ops.get(variant),
+                                               results[variant]["layers"]))
     write_text(out_dir / "bench.json", json.dumps(results, indent=2) + "\n")
     return results
