@@ -308,6 +308,23 @@ def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray],
     }
 
 
+def cycle_keys(elf, target: Target, ops: list[dict] | None, layers: list[dict]) -> dict:
+    """The cycle model's keys for one variant of ``bench.json``; each of the
+    instruction ``layers`` rows gains its cycles (the same operators, in order)."""
+    from toolchain.cycles import model_firmware, run_model
+
+    em = run_model(elf, target)
+    numbers = model_firmware(em, parse_output(em.text), target, ops)
+    macs = sum(op.get("macs") or 0 for op in ops or [])
+    numbers["cycles_per_mac"] = numbers["cycles_per_inference"] / macs if macs else None
+    cycle_rows = numbers.pop("layers")
+    if len(cycle_rows) == len(layers):
+        for row, cyc in zip(layers, cycle_rows):
+            row.update({k: v for k, v in cyc.items() if k in ("cycles", "cycles_per_mac",
+                                                              "ms", "uj")})
+    return numbers
+
+
 def bench_model(c_dir, name: str, target: Target, out_dir, *,
                 variants: tuple[str, ...] = ("float", "int8"),
                 host_outputs: dict | None = None, opt: str = "-O2",
@@ -333,8 +350,7 @@ def bench_model(c_dir, name: str, target: Target, out_dir, *,
         write_text(out_dir / variant / "run.log", run.log)
         results[variant] = measure(fw, run, golden, ops.get(variant))
         if cycles and not target.is_host:
-            from toolchain.cycles import bench_keys
-            results[variant].update(bench_keys(fw.elf, target, ops.get(variant),
+            results[variant].update(cycle_keys(fw.elf, target, ops.get(variant),
                                                results[variant]["layers"]))
     write_text(out_dir / "bench.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -17,7 +17,8 @@ inference and per operator. ``cycle_numbers`` turns them into the bench keys:
 cycles, cycles per MAC, milliseconds at the target's clock and microjoules
 (I x V x t), with the model's exact instruction count beside them.
 
->>> numbers = model_firmware("build/bench/cortex-m4/int8/firmware.elf", load_target("cortex-m4"))  # doctest: +SKIP
+>>> em = run_model("build/bench/cortex-m4/int8/firmware.elf", load_target("cortex-m4"))  # doctest: +SKIP
+>>> numbers = model_firmware(em, parse_output(em.text), load_target("cortex-m4"))  # doctest: +SKIP
 >>> numbers["cycles_per_inference"], numbers["instructions_per_inference_model"]  # doctest: +SKIP
 (402131, 258402)
 """
@@ -78,12 +79,9 @@ def _instructions(reads: list[tuple[int, int]], ticks: int, marks: list[int],
     return None
 
 
-def model_firmware(elf, target, ops: list[dict] | None = None) -> dict:
-    """Cycles, instructions, milliseconds and microjoules of a self-test firmware."""
-    from toolchain.bench import parse_output
-
-    em = run_model(elf, target)
-    run = parse_output(em.text)
+def model_firmware(em, run, target, ops: list[dict] | None = None) -> dict:
+    """Cycles, instructions, milliseconds and microjoules of a self-test firmware:
+    ``em`` its ``run_model`` emulation, ``run`` what it printed (``bench.parse_output``)."""
     if em.status != 0:
         raise VstError(f"cycle model: firmware exited with status {em.status}")
     used, counts = set(), []
@@ -133,16 +131,3 @@ def per_layer(marks: list[list[int]], ops: list[dict] | None, target) -> list[di
         rows.append(row)
     return rows
 
-
-def bench_keys(elf, target, ops: list[dict] | None, layers: list[dict]) -> dict:
-    """The cycle model's keys for one variant of ``bench.json``; each of the
-    instruction ``layers`` rows gains its cycles (the same operators, in order)."""
-    numbers = model_firmware(elf, target, ops)
-    macs = sum(op.get("macs") or 0 for op in ops or [])
-    numbers["cycles_per_mac"] = numbers["cycles_per_inference"] / macs if macs else None
-    cycle_rows = numbers.pop("layers")
-    if len(cycle_rows) == len(layers):
-        for row, cyc in zip(layers, cycle_rows):
-            row.update({k: v for k, v in cyc.items() if k in ("cycles", "cycles_per_mac",
-                                                              "ms", "uj")})
-    return numbers
