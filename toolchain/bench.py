@@ -18,6 +18,10 @@ golden outputs. What is measured, per variant (float, int8):
 - instructions per operator: the self-test's model is compiled with
   ``-DVST_PROFILE`` and reads the counter after every kernel call (``VST
   marks``); each mark adds about 20 instructions to the inference's count.
+- cycles (``toolchain.cycles``): the same ELF run on the core's cycle model,
+  per inference and per operator, with cycles per MAC, milliseconds at the
+  target's ``[clock]`` and microjoules; ``instructions_per_inference_model``
+  is the model's exact instruction count, to compare with QEMU's.
 
 ``bench_build(BUILD_DIR, target)`` is the stage's entry for ``vst bench`` and
 ``vst build`` (the C of ``BUILD_DIR/export/c`` into ``BUILD_DIR/bench/TARGET``).
@@ -307,11 +311,30 @@ def measure(fw: FirmwareBuild, run: QemuRun, golden: dict[str, np.ndarray],
     }
 
 
+def cycle_keys(elf, target: Target, ops: list[dict] | None, layers: list[dict]) -> dict:
+    """The cycle model's keys for one variant of ``bench.json``; each of the
+    instruction ``layers`` rows gains its cycles (the same operators, in order)."""
+    from toolchain.cycles import model_firmware, run_model
+
+    em = run_model(elf, target)
+    numbers = model_firmware(em, parse_output(em.text), target, ops)
+    macs = sum(op.get("macs") or 0 for op in ops or [])
+    numbers["cycles_per_mac"] = numbers["cycles_per_inference"] / macs if macs else None
+    cycle_rows = numbers.pop("layers")
+    if len(cycle_rows) == len(layers):
+        for row, cyc in zip(layers, cycle_rows):
+            row.update({k: v for k, v in cyc.items() if k in ("cycles", "cycles_per_mac",
+                                                              "ms", "uj")})
+    return numbers
+
+
 def bench_model(c_dir, name: str, target: Target, out_dir, *,
                 variants: tuple[str, ...] = ("float", "int8"),
                 host_outputs: dict | None = None, opt: str = "-O2",
-                timeout: float = 60) -> dict:
+                timeout: float = 60, cycles: bool = True) -> dict:
     """Build, run and measure each variant; write ``out_dir/bench.json``.
+
+    ``cycles``: also run the cycle model (Cortex-M targets).
 
     ``host_outputs``: the reference outputs (``float``: (count, out) float
     outputs of the golden inputs; optionally ``int8``: the quantized ones);
@@ -329,6 +352,9 @@ def bench_model(c_dir, name: str, target: Target, out_dir, *,
             run_qemu(fw.elf, target, timeout=timeout)
         write_text(out_dir / variant / "run.log", run.log)
         results[variant] = measure(fw, run, golden, ops.get(variant))
+        if cycles and not target.is_host:
+            results[variant].update(cycle_keys(fw.elf, target, ops.get(variant),
+                                               results[variant]["layers"]))
     write_text(out_dir / "bench.json", json.dumps(results, indent=2) + "\n")
     return results
 

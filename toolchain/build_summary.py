@@ -10,6 +10,8 @@ from __future__ import annotations
 
 
 def make_summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> dict:
+    from dataclasses import asdict
+
     from toolchain.versions import versions
 
     variant = (be or {}).get("int8") or (be or {}).get("float") or {}
@@ -38,6 +40,11 @@ def make_summary(cfg, data, target, tr, ve, co, rv, ex, be, seconds, stages) -> 
         "target": {"name": target.name, "variant": variant.get("variant"),
                    "flash_bytes": variant.get("flash_bytes"), "ram_bytes": variant.get("ram_bytes"),
                    "instructions_per_inference": variant.get("instructions_per_inference"),
+                   # the cycle model (toolchain/cycles) on the same ELF, at target.clock
+                   **{k: variant.get(k) for k in ("cycles_per_inference", "cycles_per_mac",
+                                                  "ms_per_inference", "uj_per_inference",
+                                                  "instructions_per_inference_model")},
+                   "clock": asdict(target.clock) if target.clock else None,
                    "parity_max_abs_diff": ((be or {}).get("float") or {}).get("parity_max_abs_diff"),
                    "int8_parity_max_steps": ((be or {}).get("int8") or {}).get("int8_max_abs_diff_q"),
                    "top1_agreement": min((v["top1_agreement"] for v in (be or {}).values()

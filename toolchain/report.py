@@ -79,12 +79,27 @@ def sections(summary: dict) -> dict[str, list[tuple[str, str]]]:
             ("RAM (data+bss+stack)", f"{_num(t['ram_bytes'])} B of {t['ram_budget']:,}"),
             ("instructions per inference (QEMU icount, not cycles)",
              _num(t["instructions_per_inference"])),
+            *_cycle_rows(t),
             ("float parity: max abs diff vs host", _num(t["parity_max_abs_diff"], "{:.2e}")),
             ("int8 parity: max diff vs TFLM (steps)", _num(t.get("int8_parity_max_steps"))),
             ("top-1 agreement on golden vectors", _pct(t["top1_agreement"])),
             ("int8 kernels", str(((e.get("c") or {}).get("int8") or {}).get("kernels", "-"))),
             *_layer_rows(t.get("variants") or {}, e.get("c") or {})],
     }
+
+
+def _cycle_rows(t: dict) -> list[tuple[str, str]]:
+    """The cycle model's figures (absent from summaries written before it)."""
+    if t.get("cycles_per_inference") is None:
+        return []
+    clock = t.get("clock") or {}
+    per_mac = t.get("cycles_per_mac")
+    rows = [("cycles per inference (cycle model)", _num(t["cycles_per_inference"])
+             + (f", {per_mac:.2f} per MAC" if per_mac else ""))]
+    if t.get("ms_per_inference") is not None:
+        rows.append((f"time and energy on {clock.get('part')} at {clock.get('mhz'):g} MHz",
+                     f"{t['ms_per_inference']:.3f} ms, {t['uj_per_inference']:.2f} uJ"))
+    return rows
 
 
 def _layer_rows(variants: dict, c: dict) -> list[tuple[str, str]]:
@@ -99,8 +114,10 @@ def _layer_rows(variants: dict, c: dict) -> list[tuple[str, str]]:
                               else "dense_bytes")
             per_mac = (f", {op['instructions_per_mac']:.2f} per MAC"
                        if op.get("instructions_per_mac") else "")
+            cycles = (f", {op['cycles']:,} cycles" if op.get("cycles") is not None else "") + \
+                (f" ({op['cycles_per_mac']:.2f} per MAC)" if op.get("cycles_per_mac") else "")
             rows.append((f"{variant} {op.get('name', op['op'])} ({op.get('storage') or '-'})",
-                         f"{op['instructions']:,} instructions{per_mac}"
+                         f"{op['instructions']:,} instructions{per_mac}{cycles}"
                          + (f", {op['macs']:,} MACs" if op.get("macs") else "")
                          + (f", weights {size:,} B" if size else "")))
     return rows

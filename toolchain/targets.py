@@ -31,6 +31,38 @@ def targets_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class Clock:
+    """The part the cycle model's milliseconds and microjoules are for (``[clock]``).
+
+    Flash wait states at that clock; the flash accelerator (prefetch buffer
+    and caches) as ``toolchain.cycles.emulate.FlashModel`` models it; run
+    current per MHz (typical, from the named datasheet) and supply voltage.
+    """
+
+    part: str
+    mhz: float
+    flash_wait_states: int
+    flash_line_bytes: int
+    icache_bytes: int
+    dcache_bytes: int
+    run_ua_per_mhz: float
+    supply_v: float
+    source: str
+
+    @property
+    def watts(self) -> float:
+        """Run power at this clock: I = ua_per_mhz * mhz, P = I * V."""
+        return self.run_ua_per_mhz * 1e-6 * self.mhz * self.supply_v
+
+
+# [clock] key -> (type, low, high): every key is required, bounds inclusive
+CLOCK_FIELDS = {"mhz": (float, 1, 1000), "flash_wait_states": (int, 0, 15),
+                "flash_line_bytes": (int, 4, 64), "icache_bytes": (int, 0, 1 << 20),
+                "dcache_bytes": (int, 0, 1 << 20), "run_ua_per_mhz": (float, 1, 2000),
+                "supply_v": (float, 0.9, 5.5)}
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -46,6 +78,7 @@ class Target:
     ram_size: int
     flash_budget: int             # bytes; 0 means no budget
     ram_budget: int
+    clock: Clock | None = None    # None: cycles only, no milliseconds or energy
 
     @property
     def is_host(self) -> bool:
@@ -82,6 +115,26 @@ def _size(table: dict, key: str, where: str, required: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 32:
         raise VstError(f"target {where}: {key} must be an integer in [0, 2^32), got {value!r}")
     return value
+
+
+def _clock(data: dict, where: str) -> Clock | None:
+    if "clock" not in data:
+        return None
+    table = _table(data, "clock", where)
+    values = {}
+    for key, (typ, low, high) in CLOCK_FIELDS.items():
+        if key not in table:
+            raise VstError(f"target {where}: [clock] missing key {key!r}")
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (typ is int and not isinstance(value, int)) or not low <= value <= high:
+            raise VstError(f"target {where}: clock.{key} must be a {typ.__name__} in "
+                           f"[{low}, {high}], got {value!r}")
+        values[key] = typ(value)
+    if values["flash_line_bytes"] & (values["flash_line_bytes"] - 1):
+        raise VstError(f"target {where}: clock.flash_line_bytes must be a power of two")
+    return Clock(part=_get(table, "part", str, where), source=_get(table, "source", str, where),
+                 **values)
 
 
 def _parse(path: Path) -> Target:
@@ -128,6 +181,7 @@ def _parse(path: Path) -> Target:
         ram_size=_size(memory, "ram_size", where),
         flash_budget=_size(budget, "flash_bytes", where, required=True),
         ram_budget=_size(budget, "ram_bytes", where, required=True),
+        clock=_clock(data, where),
     )
 
 
