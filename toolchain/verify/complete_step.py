@@ -46,7 +46,7 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
             state.verdict[i], state.decided_by[i] = "verified", d.procedure
         if d.bounds is not None:
             bounds = torch.from_numpy(np.asarray(d.bounds, np.float32))
-            if d.status == "verified" and d.procedure in ("crown", "alpha-crown"):
+            if d.status == "verified" and d.procedure in ("ibp", "crown", "alpha-crown"):
                 state.margins[i] = bounds
             elif bool(torch.isnan(state.margins[i]).all()):
                 state.margins[i] = bounds
