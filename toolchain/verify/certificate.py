@@ -29,7 +29,7 @@ from toolchain.verify.certificate_schema import (BOUND_METHODS, COMPLETE_METHODS
                                                  COUNTEREXAMPLE_METHODS, VERDICTS, _bad,
                                                  _is_int, _show,
                                                  validate_certificate)
-from toolchain.verify.engine import BATCH, CASCADES, EpsResult, settled_by
+from toolchain.verify.engine import BATCH, EpsResult, cascade_steps, settled_by
 
 FORMAT = "vst-certificate"
 VERSION = 1
@@ -316,7 +316,8 @@ class _Checker:
         """
         import torch
 
-        eps, steps = res["eps"], [m for m in CASCADES[res["method"]] if m in BATCH]
+        eps = res["eps"]
+        steps = [m for m in cascade_steps(res["method"], self.bounder.refused) if m in BATCH]
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
             steps.pop()
@@ -363,6 +364,11 @@ class _Checker:
         for method in BOUND_METHODS:
             pos = [k for k in claims if samples[k]["method"] == method and k not in failures]
             if not pos:
+                continue
+            if method in self.bounder.refused:
+                for k in pos:
+                    failures.setdefault(k, f"claimed verified by {method}, which cannot bound "
+                                           f"this network ({self.bounder.refused[method]})")
                 continue
             claimed = torch.tensor([samples[k]["margin_lower"] for k in pos], dtype=torch.float64)
             tol = self.alpha_tol if method == "alpha-crown" else self.tol

@@ -39,6 +39,18 @@ BATCH = {"ibp": 500, "crown": 250, "alpha-crown": 50}
 DEFAULT_TIMEOUT = 60.0      # seconds of complete verification per sample
 
 
+def cascade_steps(method: str, refused=(), steps=None) -> list[str]:
+    """The steps the cascade runs for ``method`` (or the ``steps`` given), in order.
+
+    A cascade of several steps skips the bound methods the network refuses
+    (``Bounder.refused``: e.g. alpha-CROWN through max pooling); a method asked
+    for alone is kept, so that the Bounder's one-line refusal reaches the user.
+    The certificate checker replays the same list.
+    """
+    steps = list(CASCADES[method] if steps is None else steps)
+    return [m for m in steps if m not in refused] if len(steps) > 1 else steps
+
+
 @dataclass
 class SampleResult:
     index: int
@@ -139,7 +151,7 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
                    ["clean" if not ok else "none" for ok in clean_ok.tolist()],
                    torch.full((n, k - 1), float("nan")), {},
                    [(time.perf_counter() - t0) / max(1, n)] * n)
-    steps = list(CASCADES[method] if steps is None else steps)
+    steps = cascade_steps(method, getattr(bounder, "refused", {}), steps)
     for m in steps:
         if m in BATCH and m != "alpha-crown":
             _bound_step(bounder, x, y, eps, m, state, on_batch)
