@@ -232,15 +232,23 @@ def test_vst_verify_onnx_gives_the_native_verdicts(resnet):
     assert {"verified", "falsified"} <= set(verdicts[0]), verdicts[0]
 
 
-def test_vst_export_of_a_graph_model_checks_onnx_parity(resnet, tmp_path):
-    root = resnet[0]
+def test_vst_export_of_a_graph_model_checks_parity_and_its_properties_verify(resnet, tmp_path):
+    root, out_dir = resnet[0], tmp_path / "out"
     code, out = _vst("export", root / "native.vst", "--data", root / "d.npz", "--format",
-                     "onnx", "--out", tmp_path / "out")
+                     "onnx,vnnlib", "--eps", "0.01", "--vnnlib-n", "4", "--out", out_dir)
     assert code == 0, out
-    report = json.loads((tmp_path / "out" / "export.json").read_text())
+    report = json.loads((out_dir / "export.json").read_text())
     assert report["onnx_max_abs_diff"] <= 1e-5
-    back = import_onnx(tmp_path / "out" / "model.onnx")
+    back = import_onnx(out_dir / "model.onnx")
     assert back.record["onnx_metadata"]["weights_sha256"] == resnet[2].weights_hash()
+    # VNN-COMP style: the exported graph and its properties, decided and re-checked
+    code, out = _vst("verify", "--vnnlib", out_dir / "instances.csv", "--method",
+                     "complete", "--json", tmp_path / "p.json")
+    assert code == 0, out
+    cert = json.loads((tmp_path / "p.json").read_text())
+    assert cert["n"] == 4 and cert["counts"]["unknown"] == 0, cert["counts"]
+    code, out = _vst("certificate", "check", tmp_path / "p.json")
+    assert code == 0 and "re-checked" in out, out
 
 
 def _save(path, nodes, inits, in_shape, out_shape):
