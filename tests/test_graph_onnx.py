@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from helpers import assert_one_line, random_model
-from test_graph_verify import NETS, _module
+from test_graph_verify import NETS, _module, _vst
+from test_lirpa_soundness import one_thread  # noqa: F401  (autouse: one thread)
 from toolchain.errors import VstError
 from toolchain.export.onnx import export_onnx, onnx_parity, run_onnx
 from toolchain.lirpa.bounds import Bounder
@@ -30,14 +31,6 @@ OPS = {"residual": {"Add", "AveragePool"}, "depthwise_gap": {"Conv", "GlobalAver
        "maxpool_residual": {"MaxPool", "Add", "GlobalAveragePool"},
        "signal_residual_max": {"Add", "MaxPool", "GlobalAveragePool"},
        "signal_avg_gap": {"Sub", "Div", "AveragePool", "GlobalAveragePool"}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(name) -> VstModel:
@@ -208,15 +201,6 @@ def test_plain_pytorch_resnet_imports_as_the_native_network(resnet):
     assert kinds.count("add") == 2 and "maxpool2d" in kinds and "globalavgpool" in kinds
     assert "batchnorm" not in kinds                         # fused into the convs
     assert any(getattr(k, "groups", 1) == 8 for k in back.network.layers)
-
-
-def _vst(*args):
-    from click.testing import CliRunner
-
-    from toolchain.cli import cli
-
-    out = CliRunner().invoke(cli, ["-q", *map(str, args)])
-    return out.exit_code, out.output
 
 
 def test_vst_verify_onnx_gives_the_native_verdicts(resnet):

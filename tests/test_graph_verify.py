@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import assert_one_line, random_model, resum
-from test_lirpa_soundness import TOL, box_points, outputs_at
+from test_lirpa_soundness import TOL, box_points, one_thread, outputs_at  # noqa: F401
 from toolchain.lirpa.bounds import METHODS, Bounder
 from toolchain.models import layers as L
 from toolchain.verify.affine_program import read_program
@@ -53,14 +53,6 @@ NETS = {
         L.AvgPool1d(3, 1, 1), C1(4, 4, 1), L.ReLU(), L.GlobalAvgPool(), L.Linear(4, 3))),
 }
 EPS = 0.05
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _module(name, seed=0):
