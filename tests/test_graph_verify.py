@@ -325,3 +325,28 @@ def test_refused_methods_are_one_line_errors_from_the_cli(graph_files):
     code, out = _vst("verify", root / "m.vst", "--data", root / "d.npz", "--eps", "0.01",
                      "--method", "alpha-crown")
     assert_one_line(code, out, 2, "alpha-crown cannot bound max pooling")
+
+
+def test_complete_alone_where_crown_is_refused_and_its_certificate(tmp_path):
+    """1-D max pooling: no CROWN, so decide() proves with IBP and the MILP (interval
+    big-M values alone); the certificate of `--method complete` re-checks."""
+    from toolchain.data import load_dataset
+    from toolchain.models.modelfile import VstModel
+    from toolchain.verify.certificate import build_certificate, check_certificate
+    from toolchain.verify.engine import verify_samples
+
+    name = "signal_residual_max"
+    module, shape = _module(name, seed=4), NETS[name].input_shape
+    bounder = Bounder(module, shape)
+    assert "crown" in bounder.refused
+    x = _inputs(name, 10, seed=4)
+    with torch.no_grad():
+        y = module(x).argmax(1)
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy(), x_test=x.numpy(), y_test=y.numpy())
+    res = verify_samples(module, bounder, x, y, 0.02, "complete", timeout=20)
+    methods = {s.method for s in res.samples}
+    assert res.count("unknown") == 0 and methods == {"ibp", "pgd", "milp"}, methods
+    model = VstModel(NETS[name], {k: v.detach().clone() for k, v in module.state_dict().items()})
+    dataset = load_dataset(str(tmp_path / "d.npz"), num_classes=3)
+    cert = build_certificate(model, dataset, [res])
+    assert "re-checked" in check_certificate(cert, model, dataset)
