@@ -229,6 +229,26 @@ def read_program(module: nn.Module, input_shape) -> Program:
     return Program(blocks, steps, output)
 
 
+class ProgramReader:
+    """``read_program(module, input_shape)`` on the first call, then the same answer
+    (the Program, or the ``TooLarge`` it raised): a network read once for all
+    the properties a caller decides on it (the module must not change)."""
+
+    def __init__(self, module: nn.Module, input_shape) -> None:
+        self.module, self.input_shape = module, tuple(input_shape)
+        self._done: Program | TooLarge | None = None
+
+    def __call__(self) -> Program:
+        if self._done is None:
+            try:
+                self._done = read_program(self.module, self.input_shape)
+            except TooLarge as exc:
+                self._done = exc
+        if isinstance(self._done, TooLarge):
+            raise self._done
+        return self._done
+
+
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten,
            nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
            T.GlobalAvgPool, T.Normalize)
@@ -251,8 +271,13 @@ def _new_block(blocks: list[int], shape) -> Expr:
 
 
 def _affine(layer: nn.Module, expr: Expr) -> Expr:
-    """``layer`` (affine) applied to ``expr``: each term's columns pushed through it."""
+    """``layer`` (affine) applied to ``expr``: each term's columns pushed through it
+    (elementwise layers and Flatten directly on the entries: same numbers, faster)."""
     shape = expr.shape
+    if isinstance(layer, nn.Flatten):
+        return Expr(expr.terms, expr.bias, (expr.size,))
+    if isinstance(layer, _ELEMENTWISE):
+        return _elementwise(layer, expr)
     with torch.no_grad():
         base = layer(torch.zeros((1,) + shape, dtype=torch.float64))
         out_shape, n_out = tuple(base.shape[1:]), base.numel()
@@ -275,6 +300,23 @@ def _affine(layer: nn.Module, expr: Expr) -> Expr:
                 terms[b] = Sparse(np.concatenate(rows), np.concatenate(cols),
                                   np.concatenate(vals), (n_out, m.shape[1]))
     return Expr(terms, np.ascontiguousarray(bias, np.float64), out_shape)
+
+
+_ELEMENTWISE = (nn.BatchNorm1d, nn.BatchNorm2d, T.Normalize)    # y_i = s_i x_i + t_i (eval)
+
+
+def _elementwise(layer: nn.Module, expr: Expr) -> Expr:
+    """An elementwise affine layer: ``s`` and ``t`` read off by running it on 0 and 1."""
+    with torch.no_grad():
+        ones = torch.ones((1,) + expr.shape, dtype=torch.float64)
+        t = layer(torch.zeros_like(ones)).reshape(-1).numpy()
+        s = layer(ones).reshape(-1).numpy() - t
+    terms = {}
+    for b, m in expr.terms.items():
+        vals = m.vals * s[m.rows]
+        keep = vals != 0
+        terms[b] = Sparse(m.rows[keep], m.cols[keep], vals[keep], m.shape)
+    return Expr(terms, expr.bias * s + t, expr.shape)
 
 
 def _windows(pool: nn.Module, shape) -> tuple[np.ndarray, tuple[int, ...]]:

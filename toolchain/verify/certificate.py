@@ -408,17 +408,20 @@ class _Checker:
         the default timeout): no bound can, so the proof is redone."""
         import torch
 
+        from toolchain.verify.affine_program import ProgramReader
         from toolchain.verify.complete import classification_spec, decide
         from toolchain.verify.engine import DEFAULT_TIMEOUT
 
         shape = tuple(self.x_all.shape[1:])
+        program = ProgramReader(self.module, shape)
         for k in claims:
             s = samples[k]
             x = self.x_all[s["index"]]
             timeout = max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0)))
             d = decide(self.module, shape, torch.clamp(x - eps, min=0.0).numpy(),
                        torch.clamp(x + eps, max=1.0).numpy(),
-                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False)
+                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False,
+                       bounder=self.bounder, program=program)
             if d.status != "verified":
                 why = d.reason or f"it is {d.status} by {d.procedure}"
                 failures.setdefault(k, f"claimed verified by {s['method']}, but complete "

@@ -74,7 +74,7 @@ def classification_spec(label: int, num_classes: int):
 
 
 def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, network=None,
-           seed: int = 0, bounder=None, cheap: bool = True,
+           seed: int = 0, bounder=None, cheap: bool = True, program=None,
            clock=time.perf_counter) -> Decision:
     """Unsafe iff some x in [lower, upper] (numpy, input shape or flat) and some
     disjunct (A, c) has all rows of A @ f(x) <= c. "verified" = no such x exists
@@ -82,7 +82,9 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     None); ``network`` is accepted for callers that hold the layer list (the MILP
     reads the same maps off ``module``). ``cheap=False`` skips the verdicts of
     steps 1-3 (their bounds are still computed for the MILP): the complete
-    procedure alone, for tests and for comparing procedures. ``clock``: what
+    procedure alone, for tests and for comparing procedures. ``program``: an
+    ``affine_program.ProgramReader`` of ``module`` to reuse (the MILP's reading
+    of the network, made once for many properties). ``clock``: what
     ``timeout`` and ``Decision.seconds`` count (wall time; benchmarks on a shared
     machine pass ``time.process_time`` to count this process's CPU time)."""
     from toolchain.lirpa.bounds import Bounder
@@ -119,17 +121,17 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     if not open_:
         return done("verified", "alpha-crown", bounds=best)
     return _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets,
-                 owner, timeout, elapsed, clock is time.perf_counter)
+                 owner, timeout, elapsed, clock is time.perf_counter, program)
 
 
 def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, owner,
-          timeout, elapsed, wall: bool) -> Decision:
+          timeout, elapsed, wall: bool, read) -> Decision:
     """Step 4: a MILP per open disjunct."""
-    from toolchain.verify.affine_program import TooLarge, read_program
+    from toolchain.verify.affine_program import ProgramReader, TooLarge
     from toolchain.verify.milp import MilpEncoding
 
     try:
-        program = read_program(module, shape)
+        program = (read or ProgramReader(module, shape))()
     except TooLarge as exc:
         return Decision("unknown", "none", elapsed(), bounds=best,
                         reason=str(exc))

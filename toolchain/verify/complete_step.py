@@ -21,6 +21,7 @@ from toolchain.verify.attack import in_box
 
 
 def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None) -> None:
+    from toolchain.verify.affine_program import ProgramReader
     from toolchain.verify.complete import classification_spec, decide
 
     open_idx = state.open_indices().tolist()
@@ -29,12 +30,13 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
     own = bounder if hasattr(bounder, "box_bounds") else None     # a device wrapper: build one
     shape = tuple(x.shape[1:])
     k = bounder.num_classes
+    program = ProgramReader(module, shape)          # read once, when a MILP first needs it
     for i in open_idx:
         t0 = time.perf_counter()
         lower = torch.clamp(x[i] - eps, min=0.0).numpy()
         upper = torch.clamp(x[i] + eps, max=1.0).numpy()
         d = decide(module, shape, lower, upper, classification_spec(int(y[i]), k),
-                   timeout=timeout, seed=int(ids[i]), bounder=own)
+                   timeout=timeout, seed=int(ids[i]), bounder=own, program=program)
         if d.status == "falsified":
             adv = torch.from_numpy(np.asarray(d.counterexample, np.float32).reshape(shape))
             with torch.no_grad():

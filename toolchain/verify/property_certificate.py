@@ -152,7 +152,8 @@ def _summary(cert: dict, source) -> None:
 def _check_verified(where, e, item, module, bounders) -> None:
     """A sound procedure must prove it again: the bound it names, else the complete one."""
     from toolchain.verify.complete import decide
-    from toolchain.verify.vnncomp import BOUND_METHODS, _bounder, box32, refuted_by_bounds
+    from toolchain.verify.vnncomp import (BOUND_METHODS, _bounder, _program, box32,
+                                         refuted_by_bounds)
 
     shape = tuple(item.model.network.input_shape)
     if e["procedure"] in BOUND_METHODS and refuted_by_bounds(module, bounders, shape, item.prop,
@@ -161,7 +162,8 @@ def _check_verified(where, e, item, module, bounders) -> None:
     lo, hi = box32(item.prop.lower, item.prop.upper, outward=True)
     d = decide(module, shape, lo, hi, item.prop.disjuncts, timeout=e["timeout"],
                network=item.model.network, seed=e["index"],
-               bounder=_bounder(module, bounders, shape))
+               bounder=_bounder(module, bounders, shape),
+               program=_program(module, bounders, shape))
     if d.status != "verified":
         raise GateFailed(f"{where}: claimed verified by {e['procedure']}, but re-checking gives "
                          f"{d.status} ({d.procedure}{': ' + d.reason if d.reason else ''})")
