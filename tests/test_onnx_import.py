@@ -122,21 +122,26 @@ def test_unsupported_operator_is_named_before_anything_is_built(tmp_path):
         import_onnx(path)
 
 
-def test_non_sequential_graph_is_rejected(tmp_path):
+def test_a_skip_connection_is_an_add_and_other_two_input_nodes_are_rejected(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("Add", ["x", "r"], ["y"], name="skip")]
-    path = _save(tmp_path, nodes, {}, ["N", 4], ["N", 4])
-    with pytest.raises(VstError, match="not one chain"):
-        import_onnx(path)
+    model = import_onnx(_save(tmp_path, nodes, {}, ["N", 4], ["N", 4]))
+    assert model.network.layers == (L.ReLU(), L.Add())
+    assert model.network.inputs == ((-1,), (-1, 0))
+    x = np.array([[-1.0, 2.0, -3.0, 0.5]], np.float32)
+    np.testing.assert_allclose(_outputs(model, x), x + np.maximum(x, 0))
+    nodes[1] = helper.make_node("Sub", ["x", "r"], ["y"], name="diff")
+    with pytest.raises(VstError, match=r"Sub \('diff'\): the data must be its first input and "
+                                       "its only one"):
+        import_onnx(_save(tmp_path, nodes, {}, ["N", 4], ["N", 4], name="sub.onnx"))
 
 
-@pytest.mark.parametrize("attrs, match", [({"group": 2}, "groups"),
-                                          ({"pads": [0, 0, 1, 1]}, "asymmetric"),
-                                          ({"dilations": [2, 2]}, "dilation")])
+@pytest.mark.parametrize("attrs, match", [
+    ({"group": 3}, r"conv2d expects \(3, H, W\), got \(2, 8, 8\)"),
+    ({"pads": [0, 0, 1, 1]}, "asymmetric"), ({"dilations": [2, 2]}, "dilation")])
 def test_unsupported_conv_settings_are_named(tmp_path, attrs, match):
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], **attrs)]
-    channels = 1 if "group" not in attrs else 2
-    path = _save(tmp_path, nodes, {"w": np.ones((2, channels, 3, 3))},
+    path = _save(tmp_path, nodes, {"w": np.ones((2, 1, 3, 3))},
                  ["N", 2, 8, 8], ["N", 2, 6, 6])
     with pytest.raises(VstError, match=match):
         import_onnx(path)

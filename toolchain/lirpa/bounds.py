@@ -180,7 +180,8 @@ class Bounder:
         of ``(lb, ub)`` float64 numpy arrays flattened per ReLU: the intermediate
         bounds of that pass (with alpha-CROWN, from its optimized slopes; any
         slopes give sound bounds), valid for every x in the box; the complete
-        verifier uses them as big-M values.
+        verifier uses them as big-M values. ``relus`` is None when the method
+        leaves a ReLU without them (IBP).
         """
         from auto_LiRPA import BoundedTensor, PerturbationLpNorm
 
@@ -202,7 +203,7 @@ class Bounder:
         for node in self._bounded.relus:
             pre = node.inputs[0]
             if getattr(pre, "lower", None) is None or getattr(pre, "upper", None) is None:
-                raise VstError("bounds: no intermediate bounds for a ReLU (IBP-only method?)")
+                return lb.detach().reshape(-1), None
             relus.append((pre.lower.detach().double().cpu().numpy().reshape(-1),
                           pre.upper.detach().double().cpu().numpy().reshape(-1)))
         return lb.detach().reshape(-1), relus

@@ -52,6 +52,10 @@ layer set:
    tests). A grouped Conv now propagates back as the equal dense convolution
    with the block-diagonal weight; its forward pass and IBP (correct, and
    cheaper) stay grouped.
+10. ``BoundMaxPool.bound_backward`` reshapes the incoming CROWN matrix with
+   ``view``, which fails when that matrix is not contiguous (a max pooling
+   whose output feeds a residual Add and a conv: the sum of the two
+   branches' matrices). It now gets a contiguous copy (same values).
 
 Importing auto_LiRPA also changes process-wide state, which we put back:
 ``warnings.simplefilter("once")`` and TorchScript's profiling executor/mode.
@@ -94,6 +98,7 @@ def ensure_patched() -> None:
     _mend_multiply_by_const()
     _mend_computed_conv_weight()
     _mend_grouped_conv_backward()
+    _mend_maxpool_contiguous()
     _patched = True
 
 
@@ -317,3 +322,20 @@ def _mend_grouped_conv_backward() -> None:
 
     bound_backward._vst_mended = True
     BoundConv.bound_backward = bound_backward
+
+
+# --- 10: CROWN through max pooling with a non-contiguous matrix -------------------
+
+def _mend_maxpool_contiguous() -> None:
+    from auto_LiRPA.operators.pooling import BoundMaxPool
+
+    original = BoundMaxPool.bound_backward
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def bound_backward(self, last_lA, last_uA, *args, **kwargs):
+        dense = lambda a: a.contiguous() if isinstance(a, torch.Tensor) else a  # noqa: E731
+        return original(self, dense(last_lA), dense(last_uA), *args, **kwargs)
+
+    bound_backward._vst_mended = True
+    BoundMaxPool.bound_backward = bound_backward

@@ -1,14 +1,16 @@
-"""Import a sequential ONNX network into the layer list.
+"""Import an ONNX network into the network IR (a DAG of vst layers).
 
-One handler per ONNX operator (as hls4ml's converters do); the graph is
-checked first and any operator vst cannot represent is rejected, by name,
-before anything is built. Supported: a single chain from the one input to the
-one output made of
+One handler per ONNX operator (``onnx_ops.py``, as hls4ml's converters do);
+the graph is checked first and every operator vst cannot represent is
+rejected, by name, before anything is built. Supported (any DAG from the one
+input to the one output, e.g. residual blocks):
 
-    Gemm, MatMul (+ Add bias), Conv (1-D / 2-D, square kernel, equal strides,
-    symmetric pads, no groups or dilation), Relu, Flatten, Reshape to (N, -1),
-    BatchNormalization (inference), Sub / Div by per-channel constants
-    (-> Normalize), with Identity and Constant anywhere.
+    Gemm, MatMul (+ Add bias), Conv (1-D / 2-D, any group: depthwise too;
+    square kernel, equal strides, symmetric pads, no dilation), Add of two
+    tensors (residual), Relu, AveragePool, MaxPool, GlobalAveragePool,
+    ReduceMean over all positions, Flatten, Squeeze after a global pooling,
+    Reshape to (N, -1), BatchNormalization (inference), Sub / Div by
+    per-channel constants (-> Normalize), with Identity and Constant anywhere.
 
 The input is (N, ...) with the batch axis first (or one sample, rank 1:
 ``(784,)``); unit axes are kept (``(1, 784, 1)`` is a sample of (784, 1)).
@@ -19,20 +21,20 @@ map onto the input in C order (``verify.resolve_dataset``).
 
 Loading parses protobufs only: no code runs, external data files are refused.
 
-Example: the graph ``Sub -> Div -> Conv -> Relu -> Flatten -> Gemm`` becomes
-``Normalize -> Conv2d -> ReLU -> Flatten -> Linear``. A torch model exported in
-eval mode has each Conv+BatchNorm fused into one Conv, so its import has no
-BatchNorm after convs (same function); a BatchNorm after a Linear stays.
+Example: a torch ResNet block exported in eval mode, ``Conv -> Relu -> Conv ->
+Add(x, .) -> Relu -> GlobalAveragePool -> Flatten -> Gemm``, becomes
+``Conv2d -> ReLU -> Conv2d -> Add -> ReLU -> GlobalAvgPool -> Linear`` with
+the Add reading the input and the second conv. Each Conv+BatchNorm is fused
+into one Conv by torch's exporter (same function); a BatchNorm it leaves stays.
 
 >>> model = import_onnx("net.onnx")           # doctest: +SKIP
 >>> model.network.layers[0]                   # doctest: +SKIP
-Conv2d(in_channels=1, out_channels=8, kernel=4, stride=2, padding=1)
+Conv2d(in_channels=1, out_channels=8, kernel=4, stride=2, padding=1, groups=1)
 """
 
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import numpy as np
@@ -40,235 +42,77 @@ import numpy as np
 from toolchain.errors import VstError
 from toolchain.inputs import check_input
 from toolchain.models import layers as L
+from toolchain.models.graph import INPUT
 from toolchain.models.modelfile import VstModel, check_state
+from toolchain.models.onnx_ops import DROP_UNIT_AXES, HANDLERS, Value, attrs, label
 
-DATA_OPS = ("Gemm", "MatMul", "Add", "Conv", "Relu", "Flatten", "Reshape",
-            "BatchNormalization", "Sub", "Div")
 PASS_OPS = ("Identity", "Constant")
-SUPPORTED = DATA_OPS + PASS_OPS
+SUPPORTED = tuple(HANDLERS) + PASS_OPS
 
 
-class _Chain:
-    """The layer list being read, with each layer's parameters (numpy, torch naming)."""
+class _Reader:
+    """The network being read: layers in ONNX order, their parameters (numpy,
+    torch naming) and wiring, and the ``Value`` of every tensor read so far."""
 
-    def __init__(self, input_shape: L.Shape, consts: dict[str, np.ndarray]) -> None:
+    def __init__(self, input_name: str, input_shape: L.Shape, consts, uses) -> None:
         self.input_shape = input_shape
         self.consts = consts
+        self._uses = uses
         self.layers: list = []
         self.params: list[dict[str, np.ndarray]] = []
-        self.bias_pending = False  # the last Linear came from a MatMul; an Add may follow
+        self.inputs: list[tuple[int, ...]] = []
+        self.shapes: list[L.Shape] = []
+        self.values = {input_name: Value(INPUT, input_shape)}
 
-    def add(self, layer, **params) -> None:
+    def uses(self, name: str) -> int:
+        """How many nodes (and graph outputs) read the tensor ``name``."""
+        return self._uses.get(name, 0)
+
+    def add(self, node, layer, data: list[Value], **params) -> Value:
+        """Append ``layer`` reading ``data``; its output's Value."""
+        try:
+            shape = layer.out_shape(*(v.shape for v in data))
+        except VstError as exc:
+            raise VstError(f"ONNX node {label(node)}: {exc}") from None
         self.layers.append(layer)
         self.params.append({k: np.asarray(v, dtype=np.float32) for k, v in params.items()})
-        self.bias_pending = False
-
-    def shape(self) -> L.Shape:
-        """Per-sample shape of the chain's current output."""
-        shapes = L.Network(self.input_shape, tuple(self.layers)).shapes()
-        return shapes[-1] if shapes else self.input_shape
+        self.inputs.append(tuple(v.node for v in data))
+        self.shapes.append(shape)
+        return Value(len(self.layers) - 1, shape)
 
     def const(self, node, index: int, optional: bool = False) -> np.ndarray | None:
         """Input ``index`` of ``node``, which must be a constant (initializer or Constant)."""
         if index >= len(node.input) or not node.input[index]:
             if optional:
                 return None
-            raise VstError(f"ONNX node {_label(node)}: missing input {index}")
+            raise VstError(f"ONNX node {label(node)}: missing input {index}")
         name = node.input[index]
         if name not in self.consts:
-            raise VstError(f"ONNX node {_label(node)}: input {name!r} must be a constant")
+            raise VstError(f"ONNX node {label(node)}: input {name!r} must be a constant")
         return self.consts[name]
 
 
-def _short(value) -> float:
-    """The shortest decimal that is the same float32 (ONNX stores float32: 1e-5, not 9.99e-6)."""
-    return float(str(np.float32(value)))
-
-
-def _label(node) -> str:
-    return f"{node.op_type} ('{node.name or node.output[0]}')"
-
-
-def _attrs(node) -> dict:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _gemm(node, chain: _Chain) -> None:
-    a = _attrs(node)
-    if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
-        raise VstError(f"ONNX node {_label(node)}: only alpha=beta=1, transA=0 is supported")
-    b = chain.const(node, 1)
-    weight = b if a.get("transB", 0) else b.T
-    bias = chain.const(node, 2, optional=True)
-    bias = np.zeros(weight.shape[0]) if bias is None else np.broadcast_to(bias, weight.shape[:1])
-    chain.add(L.Linear(weight.shape[1], weight.shape[0]), weight=weight, bias=bias)
-
-
-def _matmul(node, chain: _Chain) -> None:
-    weight = chain.const(node, 1).T
-    if weight.ndim != 2:
-        raise VstError(f"ONNX node {_label(node)}: MatMul needs a 2-D weight")
-    chain.add(L.Linear(weight.shape[1], weight.shape[0]), weight=weight,
-              bias=np.zeros(weight.shape[0]))
-    chain.bias_pending = True
-
-
-def _add(node, chain: _Chain) -> None:
-    if not chain.bias_pending:
-        raise VstError(f"ONNX node {_label(node)}: Add is supported only as a MatMul's bias")
-    params = chain.params[-1]
-    params["bias"] = params["bias"] + np.broadcast_to(chain.const(node, 1), params["bias"].shape)
-    chain.bias_pending = False
-
-
-def _conv(node, chain: _Chain) -> None:
-    a = _attrs(node)
-    weight = chain.const(node, 1)
-    rank = weight.ndim - 2
-    kernel, strides = a.get("kernel_shape", weight.shape[2:]), a.get("strides", [1] * rank)
-    pads = a.get("pads", [0] * 2 * rank)
-    problems = [msg for bad, msg in (
-        (a.get("group", 1) != 1, "groups"),
-        (any(d != 1 for d in a.get("dilations", [1])), "dilation"),
-        (a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"), "auto_pad"),
-        (len(set(kernel)) != 1, "non-square kernel"), (len(set(strides)) != 1, "unequal strides"),
-        (len(set(pads)) != 1, "asymmetric pads"), (rank not in (1, 2), f"{rank}-D conv"))
-        if bad]
-    if problems:
-        raise VstError(f"ONNX node {_label(node)}: unsupported {', '.join(problems)}")
-    bias = chain.const(node, 2, optional=True)
-    bias = np.zeros(weight.shape[0]) if bias is None else bias
-    cls = L.Conv2d if rank == 2 else L.Conv1d
-    chain.add(cls(weight.shape[1], weight.shape[0], kernel[0], strides[0], pads[0]),
-              weight=weight, bias=bias)
-
-
-def _relu(node, chain: _Chain) -> None:
-    chain.add(L.ReLU())
-
-
-def _flatten(node, chain: _Chain) -> None:
-    if _attrs(node).get("axis", 1) != 1:
-        raise VstError(f"ONNX node {_label(node)}: only Flatten(axis=1) is supported")
-    _to_flat(chain)
-
-
-def _to_flat(chain: _Chain) -> None:
-    """A Flatten layer, unless the data is flat already (then the node changes nothing)."""
-    if len(chain.shape()) > 1:
-        chain.add(L.Flatten())
-
-
-def _reshape(node, chain: _Chain) -> None:
-    """Reshape to (N, -1) is a Flatten anywhere; any other reshape that keeps
-    the sample's values only at the front, before the first layer, where it
-    becomes the network's input shape (C order is kept, so a flat VNN-LIB box
-    or data of the same size map onto it unchanged)."""
-    shape = [int(s) for s in chain.const(node, 1)]
-    target = _reshape_target(shape, chain.shape())
-    if target is None:
-        raise VstError(f"ONNX node {_label(node)}: Reshape to {shape} does not keep the "
-                       f"{math.prod(chain.shape())} values of a sample "
-                       f"(data (N, {', '.join(map(str, chain.shape()))}))")
-    if len(target) == 1:
-        _to_flat(chain)
-    elif not chain.layers:
-        chain.input_shape = target
-    else:
-        raise VstError(f"ONNX node {_label(node)}: after the first layer only Reshape to "
-                       f"(N, -1) is supported, got {shape}")
-
-
-def _reshape_target(shape: list[int], current: L.Shape) -> L.Shape | None:
-    """The per-sample shape after ONNX ``Reshape(shape)`` of data (N, *current), or None.
-
-    The batch axis is kept when the target's first entry is 0 (copy), -1 or 1
-    (the batch-1 graphs of VNN-COMP); a target without one (``[784]``) reads
-    as one sample. ``(0, -1)`` on (N, 1, 28, 28) gives (784,); ``(1, 1, 28, 28)``
-    on (N, 784) gives (1, 28, 28).
-    """
-    count = math.prod(current)
-    full = (1,) + tuple(current)
-    dims = [full[i] if s == 0 and i < len(full) else s for i, s in enumerate(shape)]
-    if not dims or dims.count(-1) > 1 or any(d == 0 or d < -1 for d in dims):
-        return None
-    if len(dims) >= 2 and (shape[0] in (0, -1) or dims[0] == 1):
-        dims = dims[1:]          # the batch axis
-    if -1 in dims:
-        known = math.prod(d for d in dims if d != -1)
-        if count % known:
-            return None
-        dims = [count // known if d == -1 else d for d in dims]
-    return tuple(dims) if math.prod(dims) == count else None
-
-
-def _batchnorm(node, chain: _Chain) -> None:
-    a = _attrs(node)
-    if a.get("training_mode", 0):
-        raise VstError(f"ONNX node {_label(node)}: BatchNormalization in training mode")
-    scale, bias, mean, var = (chain.const(node, k) for k in (1, 2, 3, 4))
-    chain.add(L.BatchNorm(scale.size, _short(a.get("epsilon", 1e-5))),
-              weight=scale, bias=bias, running_mean=mean, running_var=var)
-
-
-def _per_channel(node, chain: _Chain, value: np.ndarray) -> tuple[float, ...]:
-    """A constant broadcast against (N, C, ...) that varies only along C (or is scalar)."""
-    shape = chain.shape()
-    value = np.asarray(value, dtype=np.float32)
-    rank = len(shape) + 1
-    if value.ndim > rank:
-        raise VstError(f"ONNX node {_label(node)}: constant of shape {value.shape} "
-                       f"for data of rank {rank}")
-    value = value.reshape((1,) * (rank - value.ndim) + value.shape)
-    others = value.shape[:1] + value.shape[2:]
-    if any(d != 1 for d in others) or value.shape[1] not in (1, shape[0]):
-        raise VstError(f"ONNX node {_label(node)}: constant of shape {value.shape} is not "
-                       f"per-channel for data (N, {', '.join(map(str, shape))})")
-    return tuple(_short(v) for v in value.reshape(-1))
-
-
-def _sub(node, chain: _Chain) -> None:
-    mean = _per_channel(node, chain, chain.const(node, 1))
-    chain.add(L.Normalize(mean, (1.0,) * len(mean)))
-
-
-def _div(node, chain: _Chain) -> None:
-    std = _per_channel(node, chain, chain.const(node, 1))
-    last = chain.layers[-1] if chain.layers else None
-    if isinstance(last, L.Normalize) and set(last.std) == {1.0} and len(last.mean) == len(std):
-        chain.layers[-1] = L.Normalize(last.mean, std)  # Sub then Div: one Normalize
-    else:
-        chain.add(L.Normalize((0.0,) * len(std), std))
-
-
-HANDLERS = {"Gemm": _gemm, "MatMul": _matmul, "Add": _add, "Conv": _conv, "Relu": _relu,
-            "Flatten": _flatten, "Reshape": _reshape, "BatchNormalization": _batchnorm,
-            "Sub": _sub, "Div": _div}
-
-
 def import_onnx(path) -> VstModel:
-    """Read a sequential ONNX network into a ``VstModel`` (no masks).
+    """Read an ONNX network into a ``VstModel`` (no masks).
 
-    Raises ``VstError`` for a missing or corrupt file, an unsupported operator
-    (named, with its node), or a graph that is not one chain.
+    Raises ``VstError`` for a missing or corrupt file, unsupported operators
+    (named, with their nodes), or a graph vst cannot represent.
     """
     proto = _load(Path(path))
     graph = proto.graph
     _check_operators(graph)
     consts = _constants(graph)
     input_name, input_shape = _graph_input(graph, consts)
-    chain = _Chain(input_shape, consts)
-    current = _walk(graph, chain, input_name)
-    input_shape = chain.input_shape            # a Reshape at the front may change it
-    if [o.name for o in graph.output] != [current]:
-        raise VstError(f"ONNX graph is not one chain: its output is not the end of the chain "
-                       f"(ends at {current!r})")
-    if not chain.layers:
+    reader = _Reader(input_name, input_shape, consts, _uses(graph, consts))
+    _walk(graph, reader)
+    out = reader.values.get(graph.output[0].name)
+    if not reader.layers:
         raise VstError("ONNX graph has no layers")
+    if out is None or out.node != len(reader.layers) - 1 or out.unit_axes:
+        raise VstError(f"ONNX graph's output {graph.output[0].name!r} is not the result of "
+                       "its last layer as (N, classes)")
     try:
-        network = L.Network(input_shape, tuple(chain.layers))
+        network = L.Network(reader.input_shape, tuple(reader.layers), reader.inputs)
         network.check_size("network")
     except VstError as exc:
         raise VstError(f"ONNX graph does not form a valid network: {exc}") from None
@@ -277,7 +121,7 @@ def import_onnx(path) -> VstModel:
               "onnx_producer":
               f"{proto.producer_name} {proto.producer_version}".strip(),
               "onnx_metadata": meta, "config": _config_from_metadata(meta)}
-    state = _state(network, chain.params)
+    state = _state(network, reader.params)
     check_state(path, network, state)          # NaN or infinite weights: refused here
     return VstModel(network, state, {}, record)
 
@@ -319,11 +163,14 @@ def _load(path: Path):
 
 
 def _check_operators(graph) -> None:
+    bad: dict[str, str] = {}
     for node in graph.node:
         if node.op_type not in SUPPORTED or node.domain not in ("", "ai.onnx"):
-            raise VstError(f"unsupported ONNX operator {node.op_type} "
-                           f"(node '{node.name or node.output[0]}'); "
-                           f"vst imports {', '.join(SUPPORTED)}")
+            bad.setdefault(node.op_type, node.name or node.output[0])
+    if bad:
+        what = ", ".join(f"{op} (node '{name}')" for op, name in bad.items())
+        raise VstError(f"unsupported ONNX operator{'s' if len(bad) > 1 else ''} {what}; "
+                       f"vst imports {', '.join(SUPPORTED)}")
 
 
 def _constants(graph) -> dict[str, np.ndarray]:
@@ -333,7 +180,7 @@ def _constants(graph) -> dict[str, np.ndarray]:
     for node in graph.node:
         if node.op_type == "Constant":
             attr = node.attribute[0]
-            value = _attrs(node)[attr.name]
+            value = attrs(node)[attr.name]
             consts[node.output[0]] = (numpy_helper.to_array(value) if attr.name == "value"
                                       else np.asarray(value))
         elif node.op_type == "Identity" and node.input[0] in consts:
@@ -361,24 +208,39 @@ def _input_dims(graph) -> list:
     return [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
 
 
-def _walk(graph, chain: _Chain, current: str) -> str:
-    """Apply each data node in order; every one must consume the chain's current tensor."""
+def _uses(graph, consts) -> dict[str, int]:
+    """How many nodes (and graph outputs) read each tensor."""
+    out: dict[str, int] = {}
+    for name in [n for node in graph.node for n in node.input] + [o.name for o in graph.output]:
+        if name and name not in consts:
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def _walk(graph, reader: _Reader) -> None:
+    """Apply each node in order (ONNX graphs are topologically sorted)."""
     for node in graph.node:
         if node.op_type == "Constant" or (node.op_type == "Identity" and
-                                          node.input[0] in chain.consts):
+                                          node.input[0] in reader.consts):
             continue
-        data = [name for name in node.input if name and name not in chain.consts]
-        if data != [current] or len(node.output) != 1:
-            raise VstError(f"ONNX graph is not one chain: node {_label(node)} reads "
-                           f"{data or 'only constants'}, expected the output of the "
-                           f"previous layer {current!r}")
-        if node.input[0] != current:
-            raise VstError(f"ONNX node {_label(node)}: the data must be its first input "
-                           f"(constant - x and similar are not supported)")
-        if node.op_type != "Identity":
-            HANDLERS[node.op_type](node, chain)
-        current = node.output[0]
-    return current
+        names = [n for n in node.input if n and n not in reader.consts]
+        missing = [n for n in names if n not in reader.values]
+        if missing:
+            raise VstError(f"ONNX node {label(node)} reads {missing[0]!r}, which no earlier "
+                           "node computes")
+        if not names:
+            raise VstError(f"ONNX node {label(node)} reads only constants")
+        two = node.op_type == "Add" and len(names) == 2
+        if not two and names != [node.input[0]]:
+            raise VstError(f"ONNX node {label(node)}: the data must be its first input and "
+                           f"its only one (constant - x and similar are not supported)")
+        data = [reader.values[n] for n in names]
+        if any(v.unit_axes for v in data) and node.op_type not in DROP_UNIT_AXES + PASS_OPS:
+            raise VstError(f"ONNX node {label(node)} reads a global average pooling's "
+                           "(N, C, 1, ...) output: only Flatten, Reshape or Squeeze may")
+        out = data[0] if node.op_type == "Identity" else HANDLERS[node.op_type](node, reader,
+                                                                               data)
+        reader.values[node.output[0]] = out
 
 
 def _state(network: L.Network, params: list[dict]) -> dict:

@@ -17,7 +17,7 @@ from toolchain.errors import VstError
 
 
 def load_any_model(path: str | Path):
-    """A vst model file, or a sequential ONNX graph imported into the layer list."""
+    """A vst model file, or an ONNX graph imported into the network IR."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         from toolchain.models.onnx_import import import_onnx
@@ -176,6 +176,7 @@ def _on_device(module, bounder, device):
     class BounderOnDevice:
         verified = staticmethod(bounder.verified)
         num_classes = bounder.num_classes
+        refused = bounder.refused
 
         def margin_lower(self, x, y, eps, method="ibp"):
             return bounder.margin_lower(x.to(device), y.to(device), eps, method).cpu()

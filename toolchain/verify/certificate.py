@@ -303,7 +303,9 @@ class _Checker:
         """
         import torch
 
-        eps, steps = res["eps"], [m for m in plan(res["method"]) if m in BATCH or m == ATTACK]
+        eps = res["eps"]
+        steps = [m for m in plan(res["method"], refused=self.bounder.refused)
+                 if m in BATCH or m == ATTACK]
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
             steps.pop()
@@ -350,6 +352,11 @@ class _Checker:
             pos = [k for k in claims if samples[k]["method"] == method and k not in failures]
             if not pos:
                 continue
+            if method in self.bounder.refused:
+                for k in pos:
+                    failures.setdefault(k, f"claimed verified by {method}, which cannot bound "
+                                           f"this network ({self.bounder.refused[method]})")
+                continue
             claimed = torch.tensor([samples[k]["margin_lower"] for k in pos], dtype=torch.float64)
             tol = self.alpha_tol if method == "alpha-crown" else self.tol
             # Sound bounds for each claim: the engine's own batches where the
@@ -387,10 +394,12 @@ class _Checker:
         procedure, run again, proves it (within 3x its recorded time, at least
         the default timeout, at most the checker's ``max_timeout``): no bound
         can, so the proof is redone."""
+        from toolchain.verify.affine_program import ProgramReader
         from toolchain.verify.complete import classification_spec, decide
         from toolchain.verify.engine import DEFAULT_TIMEOUT
 
         shape = tuple(self.x_all.shape[1:])
+        program = ProgramReader(self.module, shape)
         for k in claims:
             s = samples[k]
             x = self.x_all[s["index"]]
@@ -398,7 +407,8 @@ class _Checker:
                           self.max_timeout)
             lower, upper = eps_box(x, eps)
             d = decide(self.module, shape, lower.numpy(), upper.numpy(),
-                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False)
+                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False,
+                       bounder=self.bounder, program=program)
             if d.status != "verified":
                 why = d.reason or f"it is {d.status} by {d.procedure}"
                 failures.setdefault(k, f"claimed verified by {s['method']}, but complete "

@@ -13,6 +13,11 @@ reaches the unsafe region, cheapest step first:
    tightest ReLU bounds of steps 1 and 3 as big-M values -> ``verified`` or
    ``falsified`` ("milp"), or ``unknown`` when ``timeout`` runs out.
 
+A network the ``Bounder`` refuses a method for (max pooling: see
+``lirpa/twin.py``) skips that step: IBP stands in for CROWN in step 1
+("ibp"), and the MILP takes its big-M values from interval arithmetic over
+its own affine expressions (``milp.py``), which is sound for every node.
+
 Why a MILP and not branch and bound over ReLU splits: on the nets vst makes
 (MNIST MLPs and small CNNs, a few hundred unstable ReLUs at the eps where
 CROWN gives up) HiGHS with CROWN/alpha-CROWN big-M values settles the
@@ -40,7 +45,7 @@ from toolchain.errors import VstError
 from toolchain.verify.spec_attack import spec_pgd, unsafe_at
 
 STATUSES = ("verified", "falsified", "unknown")
-PROCEDURES = ("crown", "alpha-crown", "pgd", "bab", "milp", "none")
+PROCEDURES = ("ibp", "crown", "alpha-crown", "pgd", "bab", "milp", "none")
 COMPLETE = ("bab", "milp")        # the procedures that decide what bounds cannot
 DEFAULT_TIMEOUT = 60.0            # seconds per property (VNN-COMP's usual budget)
 # The most a certificate check spends re-proving one claim. The checker sets it
@@ -72,7 +77,7 @@ def classification_spec(label: int, num_classes: int):
 
 
 def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, network=None,
-           seed: int = 0, bounder=None, cheap: bool = True,
+           seed: int = 0, bounder=None, cheap: bool = True, program=None,
            clock=time.perf_counter) -> Decision:
     """Unsafe iff some x in [lower, upper] (numpy, input shape or flat) and some
     disjunct (A, c) has all rows of A @ f(x) <= c. "verified" = no such x exists
@@ -80,7 +85,9 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     None); ``network`` is accepted for callers that hold the layer list (the MILP
     reads the same maps off ``module``). ``cheap=False`` skips the verdicts of
     steps 1-3 (their bounds are still computed for the MILP): the complete
-    procedure alone, for tests and for comparing procedures. ``clock``: what
+    procedure alone, for tests and for comparing procedures. ``program``: an
+    ``affine_program.ProgramReader`` of ``module`` to reuse (the MILP's reading
+    of the network, made once for many properties). ``clock``: what
     ``timeout`` and ``Decision.seconds`` count (wall time; benchmarks on a shared
     machine pass ``time.process_time`` to count this process's CPU time)."""
     from toolchain.lirpa.bounds import Bounder
@@ -99,45 +106,48 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     elapsed = lambda: clock() - t0                                   # noqa: E731
     done = lambda status, proc, **kw: Decision(status, proc, elapsed(), **kw)  # noqa: E731
 
-    lb, relus = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "crown")
+    first = "crown" if "crown" not in bounder.refused else "ibp"
+    lb, relus = bounder.box_bounds(lower, upper, torch.from_numpy(rows), first)
     best = lb.double().cpu().numpy()
     open_ = _open(best, offsets, owner, len(disjuncts))
     if not open_ and cheap:
-        return done("verified", "crown", bounds=best)
+        return done("verified", first, bounds=best)
     adv = spec_pgd(module, shape, lower, upper, [disjuncts[d] for d in open_],
                    seed=seed) if cheap and open_ else None
     if adv is not None:
         return done("falsified", "pgd", counterexample=adv.reshape(shape), bounds=best)
-    lb2, relus2 = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "alpha-crown")
-    best = np.maximum(best, lb2.double().cpu().numpy())
-    relus = [(np.maximum(a, c), np.minimum(b, d)) for (a, b), (c, d) in zip(relus, relus2)]
+    if "alpha-crown" not in bounder.refused:
+        lb2, relus2 = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "alpha-crown")
+        best = np.maximum(best, lb2.double().cpu().numpy())
+        relus = _tighter(relus, relus2)
     open_ = _open(best, offsets, owner, len(disjuncts)) if cheap else list(range(len(disjuncts)))
     if not open_:
         return done("verified", "alpha-crown", bounds=best)
     return _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets,
-                 owner, timeout, elapsed, clock is time.perf_counter)
+                 owner, timeout, elapsed, clock is time.perf_counter, program)
 
 
 def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, owner,
-          timeout, elapsed, wall: bool) -> Decision:
+          timeout, elapsed, wall: bool, read) -> Decision:
     """Step 4: a MILP per open disjunct."""
-    from toolchain.verify.milp import MilpEncoding, TooLarge, affine_segments
+    from toolchain.verify.affine_program import ProgramReader, TooLarge
+    from toolchain.verify.milp import MilpEncoding
 
     try:
-        segments = affine_segments(module, shape)
+        program = (read or ProgramReader(module, shape))()
     except TooLarge as exc:
         return Decision("unknown", "none", elapsed(), bounds=best,
                         reason=str(exc))
-    enc = MilpEncoding(segments, lower, upper, relus)
+    enc = MilpEncoding(program, lower, upper, relus)
     # What the float64 MILP must clear 0 by: float32 rounding of the network's
     # outputs (about 1e-6 relative) and LP tolerances, with room to spare,
     # scaled by the size of the outputs. A closer call stays "unknown".
     margin = 1e-4 * (1.0 + float(np.max(np.abs(best))))
     probes = (lower, upper, (lower + upper) / 2)
-    if not all(enc.consistent(p) for p in probes):
+    if enc.trouble or not all(enc.consistent(p) for p in probes):
         return Decision("unknown", "none", elapsed(), bounds=best,
-                        reason="the ReLU bounds do not hold at a corner of the box "
-                               "(numerical trouble); no MILP run")
+                        reason=enc.trouble or "the ReLU bounds do not hold at a corner of "
+                                              "the box (numerical trouble); no MILP run")
     # One MILP per open disjunct, the likeliest to be reachable first. (Tried: one
     # MILP over all open disjuncts with a selector binary each; on the natural
     # 2x256 MLP it settled no instance that this does not, so it was dropped.)
@@ -163,8 +173,15 @@ def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, o
             why = "timeout" if spent >= timeout - 0.5 or "time limit" in res.reason else "limit"
             return Decision("unknown", "none", spent, bounds=best, reason=(
                 f"{why} after {spent:.0f} s: disjunct {k + 1} of {len(open_)} open "
-                f"({res.reason}; {enc.unstable} unstable ReLUs)"))
+                f"({res.reason}; {enc.describe()})"))
     return Decision("verified", "milp", elapsed(), bounds=best)
+
+
+def _tighter(a, b):
+    """Per ReLU the intersection of two sound bounds (either may be None: none known)."""
+    if a is None or b is None:
+        return b if a is None else a
+    return [(np.maximum(l1, l2), np.minimum(u1, u2)) for (l1, u1), (l2, u2) in zip(a, b)]
 
 
 def _open(lb, offsets, owner, n) -> list[int]:

@@ -22,6 +22,7 @@ from toolchain.verify.attack import in_box
 
 
 def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None) -> None:
+    from toolchain.verify.affine_program import ProgramReader
     from toolchain.verify.complete import classification_spec, decide
 
     open_idx = state.open_indices().tolist()
@@ -30,11 +31,12 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
     own = bounder if hasattr(bounder, "box_bounds") else None     # a device wrapper: build one
     shape = tuple(x.shape[1:])
     k = bounder.num_classes
+    program = ProgramReader(module, shape)          # read once, when a MILP first needs it
     for i in open_idx:
         t0 = time.perf_counter()
         lower, upper = (b.numpy() for b in eps_box(x[i], eps))
         d = decide(module, shape, lower, upper, classification_spec(int(y[i]), k),
-                   timeout=timeout, seed=int(ids[i]), bounder=own)
+                   timeout=timeout, seed=int(ids[i]), bounder=own, program=program)
         if d.status == "falsified":
             adv = torch.from_numpy(np.asarray(d.counterexample, np.float32).reshape(shape))
             with torch.no_grad():
@@ -46,7 +48,7 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
             state.verdict[i], state.decided_by[i] = "verified", d.procedure
         if d.bounds is not None:
             bounds = torch.from_numpy(np.asarray(d.bounds, np.float32))
-            if d.status == "verified" and d.procedure in ("crown", "alpha-crown"):
+            if d.status == "verified" and d.procedure in ("ibp", "crown", "alpha-crown"):
                 state.margins[i] = bounds
             elif bool(torch.isnan(state.margins[i]).all()):
                 state.margins[i] = bounds

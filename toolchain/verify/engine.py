@@ -139,7 +139,7 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
                    torch.full((n, k - 1), float("nan")), {},
                    [(time.perf_counter() - t0) / max(1, n)] * n)
     ids = list(range(n)) if ids is None else list(ids)
-    for step in plan(method, steps):
+    for step in plan(method, steps, getattr(bounder, "refused", {})):
         if step in BATCH:
             _bound_step(bounder, x, y, eps, step, state, on_batch)
         elif step == ATTACK:

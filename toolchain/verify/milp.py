@@ -1,16 +1,26 @@
 """Exact verification of a ReLU network as a mixed-integer linear program (HiGHS).
 
-The network is cut at its ReLUs into affine segments (Normalize, Conv, Linear,
-BatchNorm and Flatten are affine in eval mode; a segment's matrix is read off
-by running it in float64 on the unit vectors, so convolutions are unrolled to
-dense matrices, which suits the small nets vst makes). Each ReLU ``h =
-max(0, z)`` with sound pre-activation bounds ``l <= z <= u`` (from CROWN /
-alpha-CROWN, ``Bounder.box_bounds``) is encoded exactly:
+The network is read as affine expressions between its nonlinear nodes
+(``affine_program.py``: Normalize, Conv with any groups, Linear, BatchNorm,
+Flatten, average and global average pooling and Add are affine in eval mode;
+chains and DAGs alike). Every value is an affine function of the input and of
+the outputs of earlier ReLUs and max poolings. Each nonlinear node is encoded
+exactly, with big-M values from sound bounds on its input (below):
 
-- stable inactive (``u <= 0``): ``h = 0``, no variable at all;
-- stable active (``l >= 0``): ``h = z``;
-- unstable: a binary ``d`` with ``h >= 0``, ``h >= z``, ``h <= u d``,
-  ``h <= z - l (1 - d)`` (the big-M form with the tightest M the bounds give).
+- ReLU ``h = max(0, z)`` with ``l <= z <= u``: stable inactive (``u <= 0``):
+  ``h = 0``, no variable; stable active (``l >= 0``): ``h = z``; unstable: a
+  binary ``d`` with ``h >= 0``, ``h >= z``, ``h <= u d``, ``h <= z - l (1 - d)``.
+- max pooling ``y = max_i z_i`` over a window (padding ignored) with
+  ``l_i <= z_i <= u_i``: elements with ``u_i < max_j l_j`` can never be the
+  maximum and drop out; one left: ``y = z_i``; else a binary ``d_i`` per
+  candidate with ``sum d_i = 1``, ``y >= z_i`` and
+  ``y <= z_i + (U - l_i)(1 - d_i)``, ``U = max_i u_i`` (Tjeng et al., 2019).
+
+Bounds: for every nonlinear node's input, interval arithmetic over its affine
+expression (sound, and exact for the segment since the last nonlinearity),
+intersected for ReLUs with the CROWN / alpha-CROWN pre-activation bounds of
+``Bounder.box_bounds`` when the caller has them (methods refused for max
+pooling leave interval bounds alone).
 
 For one disjunct ``A y <= c`` we minimize ``s`` subject to
 ``s >= A_i y - c_i`` for every row: the disjunct is reachable iff ``min s <= 0``.
@@ -31,85 +41,17 @@ the float torch model.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from toolchain.errors import VstError
+from toolchain.verify.affine_program import Expr, MaxPool, Program, Relu
+from toolchain.verify.milp_nodes import (Rows, highs_inf, maxpool_rows, pool_binaries,
+                                        pool_bounds, relu_rows)
 
 WIDEN = 1e-5          # relative + absolute widening of every intermediate bound
-# Dense segment matrices beyond this many entries (400 MB of float64) are not
-# built: the MILP is for the small nets vst makes (cnn_4layer on MNIST: 5M).
-MAX_ENTRIES = 50_000_000
-
-
-class TooLarge(VstError):
-    """The network is too large to unroll into the MILP."""
-
-
-@dataclass
-class Segment:
-    """``z = W h + b``: one affine piece between ReLUs (``W`` dense, float64)."""
-
-    weight: np.ndarray     # (out, in)
-    bias: np.ndarray       # (out,)
-
-
-def affine_segments(module: torch.nn.Sequential, input_shape) -> list[Segment]:
-    """The affine maps between the ReLUs of ``module`` (eval mode), first to last.
-
-    ``len(result) == number of ReLUs + 1``; the last maps to the outputs.
-    Raises ``VstError`` for a module that is not a sequence of affine layers and
-    ``nn.ReLU``s.
-    """
-    if not isinstance(module, torch.nn.Sequential):
-        raise VstError("complete verification needs a sequential network")
-    net = copy.deepcopy(module).double().eval()
-    pieces, current = [], []
-    for child in net:
-        if isinstance(child, torch.nn.ReLU):
-            pieces.append(current)
-            current = []
-        elif isinstance(child, (torch.nn.Dropout,)):
-            continue
-        else:
-            if not _affine_kind(child):
-                raise VstError(f"complete verification: layer {type(child).__name__} is not "
-                               "supported (only affine layers and ReLU)")
-            current.append(child)
-    pieces.append(current)
-    shape = tuple(int(s) for s in input_shape)
-    out = []
-    with torch.no_grad():
-        for layers in pieces:
-            seq = torch.nn.Sequential(*layers)
-            n_in = int(np.prod(shape))
-            b = seq(torch.zeros((1,) + shape, dtype=torch.float64))
-            out_shape = tuple(b.shape[1:])
-            if n_in * b.numel() > MAX_ENTRIES:
-                raise TooLarge(f"complete verification: a {n_in} -> {b.numel()} layer is too "
-                               f"large to unroll into the MILP")
-            cols = []
-            for i in range(0, n_in, 512):
-                k = min(512, n_in - i)
-                eye = torch.zeros((k, n_in), dtype=torch.float64)
-                eye[torch.arange(k), torch.arange(i, i + k)] = 1.0
-                cols.append((seq(eye.reshape((k,) + shape)) - b).reshape(k, -1))
-            w = torch.cat(cols).T.contiguous()
-            out.append(Segment(w.numpy(), b.reshape(-1).numpy()))
-            shape = out_shape
-    return out
-
-
-def _affine_kind(child) -> bool:
-    from torch import nn
-
-    affine = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten,
-              nn.Identity)
-    return isinstance(child, affine) or type(child).__name__ == "Normalize"
 
 
 @dataclass
@@ -124,110 +66,99 @@ class MilpResult:
 class MilpEncoding:
     """The network over the box, encoded once; ``solve(A, c)`` per disjunct.
 
-    ``relu_bounds``: per ReLU, ``(lb, ub)`` flat float64 arrays of its
-    pre-activations over the box (sound), in network order.
+    ``program``: ``affine_program.read_program`` of the network.
+    ``relu_bounds``: None, or per ReLU (network order) ``(lb, ub)`` flat
+    float64 arrays of its pre-activations over the box (sound), e.g. CROWN's.
     """
 
-    def __init__(self, segments: list[Segment], lower, upper, relu_bounds) -> None:
-        if len(relu_bounds) != len(segments) - 1:
-            raise VstError(f"MILP: {len(relu_bounds)} ReLU bounds for {len(segments) - 1} "
+    def __init__(self, program: Program, lower, upper, relu_bounds=None) -> None:
+        relus = [s for s in program.steps if isinstance(s, Relu)]
+        if relu_bounds is not None and len(relu_bounds) != len(relus):
+            raise VstError(f"MILP: {len(relu_bounds)} ReLU bounds for {len(relus)} "
                            "ReLU layers")
-        self.segments = segments
+        self.program = program
         self.lower = np.asarray(lower, np.float64).reshape(-1)
         self.upper = np.asarray(upper, np.float64).reshape(-1)
-        self.bounds = [(_widen(lo, -1), _widen(hi, +1)) for lo, hi in relu_bounds]
-        for seg, (lo, hi) in zip(segments, self.bounds):
-            # A neuron with no incoming weight (a pruned channel of a masked model)
-            # is exactly its bias: fix it rather than leave a widened [-d, d] binary.
-            const = ~np.any(seg.weight != 0, axis=1)
-            lo[const] = hi[const] = seg.bias[const]
-        self.unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in self.bounds)
+        self.bounds, self.trouble = [], ""
+        lo_of, hi_of = {0: self.lower}, {0: self.upper}
+        given = iter(relu_bounds or ())
+        for step in program.steps:
+            lo, hi = step.pre.interval(lo_of, hi_of)
+            lo, hi = _widen(lo, -1), _widen(hi, +1)
+            if isinstance(step, Relu) and relu_bounds is not None:
+                c_lo, c_hi = (np.asarray(v, np.float64).reshape(-1) for v in next(given))
+                if c_lo.shape != lo.shape or c_hi.shape != hi.shape:
+                    raise VstError(f"MILP: ReLU bounds of {c_lo.size} values for a layer of "
+                                   f"{lo.size}")
+                lo, hi = np.maximum(lo, _widen(c_lo, -1)), np.minimum(hi, _widen(c_hi, +1))
+            # A value no variable reaches (a pruned channel of a masked model) is
+            # exactly its bias: fix it rather than leave a widened [-d, d] binary.
+            const = step.pre.constant_rows()
+            lo[const] = hi[const] = step.pre.bias[const]
+            if np.any(lo > hi) and not self.trouble:
+                self.trouble = "interval and CROWN bounds of a ReLU do not meet (numerics)"
+            self.bounds.append((lo, hi))
+            if isinstance(step, Relu):
+                lo_of[step.block], hi_of[step.block] = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
+            else:
+                lo_of[step.block], hi_of[step.block], _ = pool_bounds(step.windows, lo, hi)
+        self.unstable = sum(int(((lo < 0) & (hi > 0)).sum())
+                            for s, (lo, hi) in zip(program.steps, self.bounds)
+                            if isinstance(s, Relu))
+        self.pool_binaries = sum(int(pool_binaries(pool_bounds(s.windows, lo, hi)[2]).sum())
+                                 for s, (lo, hi) in zip(program.steps, self.bounds)
+                                 if isinstance(s, MaxPool))
 
     def __repr__(self) -> str:
-        return (f"MilpEncoding(inputs={len(self.lower)}, relus="
-                f"{[len(lo) for lo, _ in self.bounds]}, unstable={self.unstable})")
+        return (f"MilpEncoding(inputs={len(self.lower)}, blocks={self.program.blocks}, "
+                f"unstable={self.unstable}, pool_binaries={self.pool_binaries})")
+
+    def describe(self) -> str:
+        """The binaries, for an "unknown" reason: "12 unstable ReLUs[, 8 max-pool binaries]"."""
+        pool = f", {self.pool_binaries} max-pool binaries" if self.pool_binaries else ""
+        return f"{self.unstable} unstable ReLUs{pool}"
 
     def _build(self, h, disjuncts) -> None:
         """Variables and rows of the network, then the objective ``s`` (``_objective``)."""
-        inf = highs_inf()
         n0 = len(self.lower)
         h.addVars(n0, self.lower, self.upper)
-        cols = np.arange(n0)                  # HiGHS column of each neuron of the layer
-        next_col = n0
-        var_lo, var_hi = self.lower, self.upper   # bounds of the layer's variables
-        for seg, (lo, hi) in zip(self.segments[:-1], self.bounds):
-            alive = cols >= 0
-            w = seg.weight[:, alive]
-            src = cols[alive]
-            dead = hi <= 0
-            active = (lo >= 0) & ~dead          # a constant 0 neuron is dead, not both
-            unstable = ~active & ~dead
-            new_cols = np.full(len(lo), -1)
-            keep = np.nonzero(~dead)[0]
-            h.addVars(len(keep), np.maximum(lo[keep], 0.0), np.maximum(hi[keep], 0.0))
-            new_cols[keep] = np.arange(next_col, next_col + len(keep))
-            next_col += len(keep)
-            unst = np.nonzero(unstable)[0]
-            if len(unst):
-                h.addVars(len(unst), np.zeros(len(unst)), np.ones(len(unst)))
-                d_cols = np.arange(next_col, next_col + len(unst))
-                next_col += len(unst)
-                h.changeColsIntegrality(len(unst), d_cols.astype(np.int32),
-                                        np.ones(len(unst), dtype=np.uint8))
-            # h - W x = b (active);  h - W x >= b and h - W x + l d <= b - l... see module doc
-            act = np.nonzero(active)[0]
-            _add_rows(h, w[act], src, new_cols[act], 1.0, seg.bias[act], seg.bias[act])
-            if len(unst):
-                wu, bu, lu, uu = w[unst], seg.bias[unst], lo[unst], hi[unst]
-                hc = new_cols[unst]
-                _add_rows(h, wu, src, hc, 1.0, bu, np.full(len(unst), inf))      # h >= z
-                _add_rows(h, wu, src, hc, 1.0, np.full(len(unst), -inf), bu - lu,
-                          extra_cols=d_cols, extra_vals=-lu)          # h - z - l d <= -l
-                rows = len(unst)
-                starts = np.arange(0, 2 * rows, 2, dtype=np.int32)
-                idx = np.stack([hc, d_cols], 1).reshape(-1).astype(np.int32)
-                vals = np.stack([np.ones(rows), -uu], 1).reshape(-1)
-                h.addRows(rows, np.full(rows, -inf), np.zeros(rows), len(idx), starts,
-                          idx, vals)                                   # h - u d <= 0
-            cols = new_cols
-            var_lo, var_hi = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
-        self._objective(h, disjuncts, cols, next_col, var_lo, var_hi)
+        cols = {0: np.arange(n0)}        # HiGHS column of each variable of a block (-1: none)
+        nxt = n0
+        for step, (lo, hi) in zip(self.program.steps, self.bounds):
+            rows = Rows(step.pre, cols)
+            if isinstance(step, Relu):
+                cols[step.block], nxt = relu_rows(h, rows, step.pre.bias, lo, hi, nxt)
+            else:
+                cols[step.block], nxt = maxpool_rows(h, rows, step, lo, hi, nxt)
+        self._objective(h, disjuncts, cols, nxt)
 
-    def _objective(self, h, disjuncts, cols, s_col, var_lo, var_hi) -> None:
+    def _objective(self, h, disjuncts, cols, s_col) -> None:
         """Minimize ``s`` with ``s >= A_i y - c_i`` for the rows of the disjunct."""
         if len(disjuncts) != 1:
             raise VstError("MILP: one disjunct per solve")
         a, c = disjuncts[0]
-        last = self.segments[-1]
-        alive = cols >= 0
-        g = a @ last.weight[:, alive]
-        g0 = a @ last.bias - c
+        out = self.program.output
+        g = Expr({b: m.left_mul(a) for b, m in out.terms.items()}, a @ out.bias - c,
+                 (len(a),))
         h.addVar(-highs_inf(), highs_inf())
         h.changeColCost(s_col, 1.0)
-        # s - G h >= g0  (s >= A y - c row by row)
-        _add_rows(h, g, cols[alive], np.full(len(g), s_col), 1.0, g0,
-                  np.full(len(g), highs_inf()))
+        # s - G v >= g0  (s >= A y - c row by row)
+        idx = np.arange(len(a))
+        Rows(g, cols).add(h, idx, np.full(len(a), s_col), 1.0, g.bias,
+                           np.full(len(a), highs_inf()))
 
     def consistent(self, x) -> bool:
-        """Do the ReLU bounds hold at input ``x`` (float64 pass through the segments)?
-
-        A sanity check of the big-M values before trusting an "infeasible"
-        answer: a box point outside them would mean the encoding misses inputs.
-        """
-        h = np.asarray(x, np.float64).reshape(-1)
-        for seg, (lo, hi) in zip(self.segments[:-1], self.bounds):
-            z = seg.weight @ h + seg.bias
-            if np.any(z < lo) or np.any(z > hi):
-                return False
-            h = np.maximum(z, 0.0)
-        return True
+        """Do the bounds of every ReLU and max pooling input hold at input ``x``
+        (float64 pass)? A sanity check of the big-M values before trusting an
+        "infeasible" answer: a box point outside them would mean the encoding
+        misses inputs."""
+        pres, _ = self.program.evaluate(x)
+        return all(np.all(z >= lo) and np.all(z <= hi)
+                   for z, (lo, hi) in zip(pres, self.bounds))
 
     def objective_at(self, x, a, c) -> float:
         """``max_i (A_i y - c_i)`` at input ``x`` in float64 (the MILP's s there)."""
-        h = np.asarray(x, np.float64).reshape(-1)
-        for seg in self.segments[:-1]:
-            h = np.maximum(seg.weight @ h + seg.bias, 0.0)
-        y = self.segments[-1].weight @ h + self.segments[-1].bias
+        _, y = self.program.evaluate(x)
         return float(np.max(np.atleast_2d(a) @ y - np.asarray(c).reshape(-1)))
 
     def solve(self, disjuncts, *, time_limit: float, margin: float = 1e-4,
@@ -249,7 +180,7 @@ class MilpEncoding:
                    # LP bounds prune nodes: a small dual infeasibility could
                    # overstate them, so ask for 100x less than HiGHS's default
                    "dual_feasibility_tolerance": 1e-9, **_SEARCH}
-        integral = self.unstable > 0
+        integral = self.unstable + self.pool_binaries > 0
         if integral:
             # Only the sign of min s matters: prune every node whose bound clears
             # +margin (HiGHS then says "infeasible": no s below the margin exists),
@@ -336,36 +267,6 @@ def _new_highs():
     return h
 
 
-def highs_inf() -> float:
-    import highspy
-
-    return highspy.kHighsInf
-
-
 def _widen(v: np.ndarray, sign: int) -> np.ndarray:
     v = np.asarray(v, np.float64)
     return v + sign * WIDEN * (1.0 + np.abs(v))
-
-
-def _add_rows(h, w, src_cols, own_cols, own_coef, lo, hi, extra_cols=None,
-              extra_vals=None) -> None:
-    """Rows ``own_coef * v_own - w @ v_src (+ extra_vals * v_extra)`` in ``[lo, hi]``."""
-    rows = len(w)
-    if rows == 0:
-        return
-    mask = w != 0
-    counts = mask.sum(1) + 1 + (0 if extra_cols is None else 1)
-    starts = np.zeros(rows, dtype=np.int64)
-    starts[1:] = np.cumsum(counts)[:-1]
-    total = int(counts.sum())
-    idx = np.empty(total, dtype=np.int32)
-    vals = np.empty(total, dtype=np.float64)
-    r, k = np.nonzero(mask)                       # row-major: grouped by row
-    pos = starts[r] + (np.arange(len(r)) - np.searchsorted(r, r))
-    idx[pos], vals[pos] = src_cols[k], -w[r, k]
-    tail = starts + mask.sum(1)
-    idx[tail], vals[tail] = own_cols, own_coef
-    if extra_cols is not None:
-        idx[tail + 1], vals[tail + 1] = extra_cols, extra_vals
-    h.addRows(rows, np.asarray(lo, np.float64), np.asarray(hi, np.float64), total,
-              starts.astype(np.int32), idx, vals)

@@ -176,7 +176,8 @@ def _check_verified(where, e, item, module, bounders, timeout: float) -> None:
     """A sound procedure must prove it again: the bound it names, else the complete one
     within ``timeout`` seconds."""
     from toolchain.verify.complete import decide
-    from toolchain.verify.vnncomp import BOUND_METHODS, _bounder, box32, refuted_by_bounds
+    from toolchain.verify.vnncomp import (BOUND_METHODS, _bounder, _program, box32,
+                                         refuted_by_bounds)
 
     shape = tuple(item.model.network.input_shape)
     if e["procedure"] in BOUND_METHODS and refuted_by_bounds(module, bounders, shape, item.prop,
@@ -185,7 +186,8 @@ def _check_verified(where, e, item, module, bounders, timeout: float) -> None:
     lo, hi = box32(item.prop.lower, item.prop.upper, outward=True)
     d = decide(module, shape, lo, hi, item.prop.disjuncts, timeout=timeout,
                network=item.model.network, seed=e["index"],
-               bounder=_bounder(module, bounders, shape))
+               bounder=_bounder(module, bounders, shape),
+               program=_program(module, bounders, shape))
     if d.status == "unknown" and d.reason.startswith("timeout"):
         raise GateFailed(f"{where}: claimed verified by {e['procedure']}, but it is not proved "
                          f"again within {timeout:g} s (the check's limit: the smaller of the "

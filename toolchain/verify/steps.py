@@ -33,9 +33,16 @@ ATTACK = "pgd"
 LATE = ("alpha-crown", "complete")        # run after the attack, in this order
 
 
-def plan(method: str, steps: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The ordered steps for ``method`` (``steps``: these of ``CASCADES`` instead)."""
+def plan(method: str, steps: tuple[str, ...] | None = None, refused=()) -> tuple[str, ...]:
+    """The ordered steps for ``method`` (``steps``: these of ``CASCADES`` instead).
+
+    A cascade of several steps skips the bound methods the network refuses
+    (``Bounder.refused``: e.g. alpha-CROWN through max pooling); a method asked
+    for alone is kept, so that the Bounder's one-line refusal reaches the user.
+    """
     asked = CASCADES[method] if steps is None else tuple(steps)
+    if len(asked) > 1:
+        asked = tuple(m for m in asked if m not in refused)
     early = tuple(m for m in asked if m not in LATE)
     attack = (ATTACK,) if method != "complete" else ()
     return early + attack + tuple(m for m in LATE if m in asked)

@@ -210,7 +210,8 @@ def _complete(item: Loaded, module, bounders: dict) -> Outcome:
     lo, hi = box32(prop.lower, prop.upper, outward=True)
     d = decide(module, shape, lo, hi, prop.disjuncts, timeout=inst.timeout,
                network=item.model.network, seed=inst.row,
-               bounder=_bounder(module, bounders, shape))
+               bounder=_bounder(module, bounders, shape),
+               program=_program(module, bounders, shape))
     if d.status == "verified":
         return Outcome(inst, "unsat", d.procedure, d.seconds)
     if d.status == "falsified" and d.counterexample is not None:
@@ -279,6 +280,15 @@ def _bounder(module, cache: dict, shape):
     if "bounder" not in cache:
         cache["bounder"] = Bounder(module, shape)
     return cache["bounder"]
+
+
+def _program(module, cache: dict, shape):
+    """One reading of the network for the MILP per network, kept in ``cache``."""
+    from toolchain.verify.affine_program import ProgramReader
+
+    if "program" not in cache:
+        cache["program"] = ProgramReader(module, shape)
+    return cache["program"]
 
 
 def box32(lower, upper, *, outward: bool):
