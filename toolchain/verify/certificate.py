@@ -304,7 +304,7 @@ class _Checker:
         import torch
 
         eps = res["eps"]
-        steps = [m for m in plan(res["method"], refused=self.bounder.refused)
+        steps = [m for m in plan(res["method"], refused=getattr(self.bounder, "refused", {}))
                  if m in BATCH or m == ATTACK]
         claimed = {s["method"] for s in samples if s["verdict"] == "verified"}
         while steps and steps[-1] not in claimed:      # nothing to reproduce: skip it
