@@ -1,0 +1,96 @@
+"""The static memory plan of a generated inference: activations in one arena, by liveness.
+
+Every op of a plan (float or int8) reads some tensors and writes one. The
+network input and output are the caller's buffers; every other tensor gets an
+offset in one static arena, live from the op that writes it to the last op
+that reads it. Two tensors live at the same time never share bytes; a
+residual block's shortcut stays live across the block's body. Placement is
+greedy by size (as TFLite Micro's GreedyMemoryPlanner): the largest tensor
+first, each at the lowest offset where it overlaps no tensor placed before it
+that is live at the same time.
+
+A chain ``conv (784) -> conv (392) -> fc (16) -> fc (10, output)``:
+
+>>> bufs = [Buffer("a", 784, 0, 1), Buffer("b", 392, 1, 2), Buffer("c", 16, 2, 3)]
+>>> place(bufs), [(b.name, b.offset) for b in bufs]
+(1176, [('a', 0), ('b', 784), ('c', 0)])
+
+A residual block: x is read by the body's first conv (op 1) and by the Add (op 3):
+
+>>> bufs = [Buffer("x", 64, 0, 3), Buffer("h", 64, 1, 2), Buffer("y", 64, 2, 3)]
+>>> place(bufs), sorted(b.offset for b in bufs)
+(192, [0, 64, 128])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INPUT, OUTPUT = "input", "output"
+
+
+@dataclass
+class Buffer:
+    """A tensor in the arena: ``size`` units, written by op ``first``, last read by op ``last``."""
+
+    name: str
+    size: int
+    first: int
+    last: int
+    offset: int = -1
+
+    def live_with(self, other: "Buffer") -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def overlaps(self, other: "Buffer") -> bool:
+        return self.offset < other.offset + other.size and other.offset < self.offset + self.size
+
+
+def place(buffers: list[Buffer], align: int = 1) -> int:
+    """Set every buffer's ``offset`` (a multiple of ``align``); returns the arena size."""
+    placed: list[Buffer] = []
+    for buf in sorted(buffers, key=lambda b: (-b.size, b.first, b.name)):
+        offset = 0
+        for other in sorted((p for p in placed if p.live_with(buf)), key=lambda p: p.offset):
+            if offset + buf.size <= other.offset:
+                break
+            end = other.offset + other.size
+            offset = max(offset, -(-end // align) * align)
+        buf.offset = offset
+        placed.append(buf)
+    return max((b.offset + b.size for b in buffers), default=0)
+
+
+def conflicts(buffers: list[Buffer]) -> list[tuple[str, str]]:
+    """Pairs of buffers live at the same time whose bytes overlap (none, if placed)."""
+    return [(a.name, b.name) for i, a in enumerate(buffers) for b in buffers[i + 1:]
+            if a.size and b.size and a.live_with(b) and a.overlaps(b)]
+
+
+def plan_arena(ops, sizes: dict, *, output, align: int = 1, arena: str = "vst_arena") -> int:
+    """Place the tensors of ``ops`` (each with ``reads``, a list of tensor keys,
+    and ``writes``, one key) and set each op's ``srcs`` (C expressions) and
+    ``dst``: ``input`` for the network input ``INPUT``, ``output`` for the
+    tensor ``output``, ``arena + offset`` for the rest. ``sizes``: the size of
+    each written tensor. Returns the arena size (0: no arena)."""
+    last: dict = {}
+    for k, op in enumerate(ops):
+        for key in op.reads:
+            last[key] = k
+    buffers = {}
+    for k, op in enumerate(ops):
+        if op.writes != output:
+            buffers[op.writes] = Buffer(str(op.writes), sizes[op.writes], k,
+                                        last.get(op.writes, k))
+    total = place(list(buffers.values()), align)
+
+    def expr(key) -> str:
+        if key == INPUT:
+            return "input"
+        if key == output:
+            return "output"
+        return f"{arena} + {buffers[key].offset}"
+    for op in ops:
+        op.srcs = [expr(key) for key in op.reads]
+        op.dst = expr(op.writes)
+    return total
