@@ -91,31 +91,41 @@ def _fold_bn(weight, bias, p: dict, i: int, bn: L.BatchNorm):
 
 
 @contextlib.contextmanager
-def tensorflow_quiet():
-    """Send TensorFlow's native stderr chatter (absl INFO lines at import and
-    conversion, which no environment variable silences) to the debug log.
-    If the block fails, the captured text is replayed on stderr."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def native_stderr():
+    """Capture what native code writes to the process's stderr (fd 2) in the
+    block; yields a list that holds the text once the block has ended."""
+    text: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
-        failed = False
         try:
-            yield
-        except BaseException:
-            failed = True
-            raise
+            yield text
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            text = captured.read().decode(errors="replace")
-            if failed:
-                sys.stderr.write(text)
-            elif text.strip():
-                log.debug("tensorflow: %s", text.strip())
+            text.append(captured.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def tensorflow_quiet():
+    """Send TensorFlow's native stderr chatter (absl INFO lines at import and
+    conversion, which no environment variable silences) to the debug log.
+    If the block fails, the captured text is replayed on stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    ok, text = False, []
+    try:
+        with native_stderr() as text:
+            yield
+        ok = True
+    finally:
+        captured = "".join(text)
+        if not ok:
+            sys.stderr.write(captured)
+        elif captured.strip():
+            log.debug("tensorflow: %s", captured.strip())
 
 
 def _keras():
