@@ -227,11 +227,12 @@ def _data_op(op: QOp, tag: str) -> tuple[list[str], list, str, int]:
     if op.kind in ("avgpool", "maxpool"):
         return _pool(op, tag)
     if op.kind == "copy":
-        return [], [("copy", {})], f"vst_copy({op.n_out}, {op.src}, {op.dst});", 0
+        return [], [("fill", {}), ("copy", {})], f"vst_copy({op.n_out}, {op.src}, {op.dst});", 0
     defs = [f"/* operator {op.index}: {op.name} */", weights_array("int", f"{tag}_p", op.params)]
     size = array_bytes(op.params, "int32_t")
     if op.kind == "pad":
-        return defs, [("pad", {})], f"vst_pad({tag}_p, {op.pad_value}, {op.src}, {op.dst});", size
+        return (defs, [("fill", {}), ("pad", {})],
+                f"vst_pad({tag}_p, {op.pad_value}, {op.src}, {op.dst});", size)
     return defs, [("transpose", {})], f"vst_transpose({tag}_p, {op.src}, {op.dst});", size
 
 

@@ -9,6 +9,11 @@ are free (they rename a tensor). Each op reads tensors and writes one, and
 by liveness (the network input and output are the caller's buffers), so a
 residual block's shortcut stays where it is while the block's body runs.
 
+A PAD that pads height and width with the input zero point and feeds one
+CONV_2D / DEPTHWISE_CONV_2D (VALID) is folded into that convolution's
+padding: the kernels pad with the zero point too (TFLite's sum over a padded
+tap is then exactly 0), so the padded copy is neither computed nor stored.
+
 >>> ops, arena, x_t, y_t = int8_plan(read_tflite("model_int8.tflite"))  # doctest: +SKIP
 >>> [(op.kind, op.srcs, op.dst) for op in ops][:2]                     # doctest: +SKIP
 [('conv', ['input'], 'vst_arena + 0'), ('conv', ['vst_arena + 0'], 'vst_arena + 4096')]
@@ -20,6 +25,7 @@ from toolchain.errors import VstError
 from toolchain.export.c.int8_ops import (BUILDERS, QOp, _same_quant,  # noqa: F401 (re-exported)
                                          quantize_multiplier, tflite_round)
 from toolchain.export.c.memory import INPUT, plan_arena
+from toolchain.export.c.plan import ConvGeom
 from toolchain.export.c.tflite_graph import ALIAS_OPS, FLOAT32, INT8, Graph, Tensor
 
 ARENA_ALIGN = 4       # every tensor starts on a word: the kernels load words
@@ -43,6 +49,33 @@ def _edges(graph: Graph) -> tuple[int, int, set[int]]:
         if graph.tensor(t).dtype != INT8:
             raise VstError(f"tflite: model input/output {graph.tensor(t).name!r} is not int8")
     return io_in, io_out, skip
+
+
+def _foldable(pad: QOp, user: QOp) -> bool:
+    in4, before, out4 = pad.params[:4], pad.params[4:8], pad.params[8:]
+    return (user.kind in ("conv", "dwconv") and user.geom.ph == user.geom.pw == 0
+            and before[0] == before[3] == 0 and in4[0] == out4[0] and in4[3] == out4[3]
+            and pad.pad_value == -user.in_offset)
+
+
+def fold_pads(ops: list[QOp], out_key) -> list[QOp]:
+    """The ops without the PADs folded into the (depthwise) convolution that reads them."""
+    readers: dict = {}
+    for op in ops:
+        for key in op.reads:
+            readers.setdefault(key, []).append(op)
+    keep = []
+    for op in ops:
+        users = readers.get(op.writes, [])
+        if op.kind == "pad" and op.writes != out_key and len(users) == 1 \
+                and _foldable(op, users[0]):
+            user, g, in4, before = users[0], users[0].geom, op.params[:4], op.params[4:8]
+            user.geom = ConvGeom(g.c, in4[1], in4[2], g.oc, g.oh, g.ow, g.kh, g.kw, g.sh, g.sw,
+                                 before[1], before[2])
+            user.reads = [op.reads[0] if key == op.writes else key for key in user.reads]
+            continue
+        keep.append(op)
+    return keep
 
 
 def int8_plan(graph: Graph) -> tuple[list[QOp], int, Tensor, Tensor]:
@@ -74,6 +107,7 @@ def int8_plan(graph: Graph) -> tuple[list[QOp], int, Tensor, Tensor]:
         written.add(qop.writes)
         ops.append(qop)
     out_key = resolve(io_out)
+    ops = fold_pads(ops, out_key)
     if out_key == INPUT:            # nothing but reshapes: the output is a copy of the input
         ops.append(QOp("copy", -1, "COPY", io_in, io_out, graph.tensor(io_in).size,
                        reads=[INPUT], writes=io_out))
