@@ -164,20 +164,59 @@ def _geom_def(op: QOp, tag: str) -> str:
             f"{{{', '.join(str(v) for v in op.geom.fields())}}};")
 
 
+def dw_operand_order(weights: np.ndarray) -> np.ndarray:
+    """Columns (channels) of (taps, c) weights in the DSP depthwise kernel's order:
+    each group of four as (c0, c2, c1, c3), the rest as they are."""
+    c = weights.shape[1]
+    c4 = c - c % 4
+    order = np.arange(c)
+    order[:c4] = (order[:c4] & ~3) | ((order[:c4] & 1) << 1) | ((order[:c4] >> 1) & 1)
+    return weights[:, order]
+
+
+def dw_fast_requant(op: QOp) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rounding constants, right shifts) of the DSP depthwise kernel's
+    requantization (``vst_dw_out``), or None where it would not be exact: it needs
+    every shift to be a right shift of 1 to 22 bits, doubled accumulators below
+    2^31 and the rounding constant plus the high product inside int32."""
+    right = -op.shift.astype(np.int64)
+    bound = np.abs(op.bias.astype(np.int64)) + 255 * np.abs(op.weight.astype(np.int64)).sum(1)
+    if np.any(right < 1) or np.any(right > 22) or np.any(bound >= INT32_LIMIT // 2):
+        return None
+    rounding = (np.int64(1) << (right - 1)) + op.out_offset * (np.int64(1) << right)
+    if np.any(np.abs(rounding) >= INT32_LIMIT // 2):
+        return None
+    return rounding, right
+
+
 def _dwconv(op: QOp, tag: str, family: str) -> tuple[list, list, str, int]:
-    """Depthwise convolution: weights w[ky][kx][oc] (TFLite's layout), unfolded bias."""
-    defs, size = _requant_defs(op, tag)
+    """Depthwise convolution. DSP cores with multiplier 1: doubled int16 weights in
+    operand order and the zero-point-carrying rounding (``dw_fast_requant``); else
+    the portable kernel: int8 weights w[ky][kx][oc] (TFLite's layout)."""
     weights = np.ascontiguousarray(op.weight.T)          # (kh * kw, oc)
-    defs[:0] = [f"/* {tag}: TFLite operator {op.index} {op.name}, {weights.shape[0]} taps x "
-                f"{weights.shape[1]} channels, dense, {family} kernel */", _geom_def(op, tag),
-                weights_array("int8_t", f"{tag}_w", weights)]
-    size += array_bytes(weights, "int8_t")
-    sections = [("base", {}), ("requant", {}), ("geom", {}), ("dwconv", {}),
-                ("dwconv_portable", {})]
-    sections += [("simd", {}), ("dwconv_dsp", {})] if family == "dsp" else []
-    call = (f"vst_dwconv_{family}(&{tag}_geom, {tag}_w, {tag}_b, &{tag}_q, {op.src}, "
-            f"{op.dst});")
-    return defs, sections, call, size
+    fast = dw_fast_requant(op) if family == "dsp" and op.geom.oc == op.geom.c else None
+    head = (f"/* {tag}: TFLite operator {op.index} {op.name}, {weights.shape[0]} taps x "
+            f"{weights.shape[1]} channels, dense, {'dsp' if fast else 'portable'} kernel */")
+    sections = [("base", {}), ("requant", {}), ("geom", {}), ("dwconv", {})]
+    if fast is None:
+        defs, size = _requant_defs(op, tag)
+        defs[:0] = [head, _geom_def(op, tag), weights_array("int8_t", f"{tag}_w", weights)]
+        size += array_bytes(weights, "int8_t")
+        sections.append(("dwconv_portable", {}))
+        call = (f"vst_dwconv_portable(&{tag}_geom, {tag}_w, {tag}_b, &{tag}_q, {op.src}, "
+                f"{op.dst});")
+        return defs, sections, call, size
+    rounding, right = fast
+    arrays = [("int16_t", f"{tag}_w2", 2 * dw_operand_order(weights.astype(np.int64))),
+              ("int32_t", f"{tag}_b2", 2 * op.bias.astype(np.int64)),
+              ("int32_t", f"{tag}_mult", op.mult), ("int32_t", f"{tag}_round", rounding),
+              ("int8_t", f"{tag}_right", right)]
+    defs = [head, _geom_def(op, tag)] + [weights_array(t, n, v) for t, n, v in arrays]
+    defs.append(f"static const vst_dw_requant {tag}_q = {{{-op.in_offset}, {op.act[0]}, "
+                f"{op.act[1]}, {tag}_mult, {tag}_round, {tag}_right}};")
+    sections += [("simd", {}), ("dwconv_dsp", {})]
+    call = f"vst_dwconv_dsp(&{tag}_geom, {tag}_w2, {tag}_b2, &{tag}_q, {op.src}, {op.dst});"
+    return defs, sections, call, sum(array_bytes(v, t) for t, _, v in arrays)
 
 
 def add_tables(op: QOp) -> tuple[list, int]:
