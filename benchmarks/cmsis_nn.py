@@ -1,11 +1,14 @@
 """A yardstick for vst's int8 C: the same layers through Arm's CMSIS-NN s8 kernels in QEMU.
 
 The layers come from vst's own int8 plan of the .tflite file (``int8_plan``),
-so both programs compute the same chain with the same constants. Each layer
-becomes one CMSIS-NN call: CONV_2D ``arm_convolve_wrapper_s8`` (scratch sized
-with its ``_get_buffer_size``), FULLY_CONNECTED ``arm_fully_connected_s8``
-when all rows share one multiplier (vst's per-tensor plan) else
-``arm_fully_connected_per_channel_s8``, PAD ``arm_pad_s8``, TRANSPOSE
+so both programs compute the same graph with the same constants, their
+activations where vst's liveness plan puts them. Each layer becomes one
+CMSIS-NN call: CONV_2D ``arm_convolve_wrapper_s8`` (scratch sized with its
+``_get_buffer_size``), DEPTHWISE_CONV_2D ``arm_depthwise_conv_wrapper_s8``,
+FULLY_CONNECTED ``arm_fully_connected_s8`` when all rows share one multiplier
+(vst's per-tensor plan) else ``arm_fully_connected_per_channel_s8``,
+AVERAGE_POOL_2D ``arm_avgpool_s8``, MAX_POOL_2D ``arm_max_pool_s8``, ADD
+``arm_elementwise_add_s8``, PAD ``arm_pad_s8``, TRANSPOSE
 ``arm_transpose_s8``, and a model of reshapes only a plain memcpy. The harness
 (``cmsis_nn/*.c.in``) prints the lines of vst's self-test, so ``toolchain.bench``
 parses and times it as it times vst's firmware: SysTick under ``-icount
@@ -46,6 +49,7 @@ from toolchain.bench import (check_calibration, instructions_per_tick,  # noqa: 
                              per_operator, read_golden, run_qemu)
 from toolchain.errors import VstError  # noqa: E402
 from toolchain.export.c.arrays import c_values  # noqa: E402
+from toolchain.export.c.int8_ops import ADD_LEFT_SHIFT  # noqa: E402
 from toolchain.export.c.int8_plan import QOp, int8_plan  # noqa: E402
 from toolchain.export.c.tflite_graph import Graph, read_tflite  # noqa: E402
 from toolchain.firmware import (TEMPLATES as FIRMWARE, linker_values, read_sizes,  # noqa: E402
@@ -54,7 +58,7 @@ from toolchain.targets import Target, load_target  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "cmsis_nn"
 SOURCE_DIRS = ("ConvolutionFunctions", "FullyConnectedFunctions", "NNSupportFunctions",
-               "PadFunctions", "TransposeFunctions")
+               "PadFunctions", "TransposeFunctions", "PoolingFunctions", "BasicMathFunctions")
 PORT = ("startup_cortexm.c", "port_cortexm.c")
 WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Werror")   # the harness; CMSIS-NN gets none
 STACK_SIZE = 32 * 1024   # as vst's firmware: reserved, the used peak is painted and measured
@@ -88,8 +92,37 @@ def _weights(q: QOp) -> dict:
 
 
 def _layer_source(k: int, q: QOp, graph: Graph) -> str:
-    """The C of layer ``k``: its constants and ``layer_k`` (and ``ready_k``)."""
+    """The C of layer ``k``: its constants, ``layer_k``, ``ready_k`` and ``run_k``,
+    which calls it on the tensors of vst's plan."""
+    args = ", ".join([*q.srcs, q.dst])
+    return (_layer_body(k, q, graph)
+            + f"static arm_cmsis_nn_status run_{k}(const int8_t *input, int8_t *output)\n"
+            + f"{{\n    (void)input;\n    (void)output;\n    return layer_{k}({args});\n}}\n\n")
+
+
+def _layer_body(k: int, q: QOp, graph: Graph) -> str:
     head = dict(k=k, op_name=q.name, index=q.index)
+    if q.kind in ("dwconv", "avgpool", "maxpool"):
+        g = q.geom
+        geom = dict(c=g.c, h=g.h, w=g.w, oc=g.oc, oh=g.oh, ow=g.ow, kh=g.kh, kw=g.kw,
+                    sh=g.sh, sw=g.sw, ph=g.ph, pw=g.pw)
+    if q.kind == "dwconv":
+        # CMSIS-NN wants TFLite's filter layout (1, kh, kw, oc); vst's rows are channels
+        return _fill("dwconv.c.in", **head, **{**_weights(q), "weight": _ints(q.weight.T)},
+                     mult=_ints(q.mult), shift=_ints(q.shift), ch_mult=q.geom.oc // q.geom.c,
+                     **geom)
+    if q.kind in ("avgpool", "maxpool"):
+        avg = q.kind == "avgpool"
+        return _fill("pool.c.in", **head, **geom, act_min=q.act[0], act_max=q.act[1],
+                     function="arm_avgpool_s8" if avg else "arm_max_pool_s8",
+                     buffer_size=f"arm_avgpool_s8_get_buffer_size({g.ow}, {g.c})" if avg
+                     else "0")
+    if q.kind == "add":
+        off1, mult1, shift1, off2, mult2, shift2, out_mult, out_shift = q.params
+        return _fill("add.c.in", **head, size=q.n_out, left_shift=ADD_LEFT_SHIFT, off1=off1,
+                     mult1=mult1, shift1=shift1, off2=off2, mult2=mult2, shift2=shift2,
+                     out_offset=q.out_offset, out_mult=out_mult, out_shift=out_shift,
+                     act_min=q.act[0], act_max=q.act[1])
     if q.kind == "conv":
         g = q.geom
         return _fill("conv.c.in", **head, **_weights(q), mult=_ints(q.mult), shift=_ints(q.shift),
@@ -120,20 +153,25 @@ def _layer_source(k: int, q: QOp, graph: Graph) -> str:
 
 
 def _scratch_bytes(ops: list[QOp]) -> int:
-    """An upper bound of every conv's im2col scratch (the harness checks it)."""
-    cols = [q.weight.shape[1] for q in ops if q.kind == "conv"]
-    return max([4] + [4 * (c + 15) for c in cols])
+    """An upper bound of every conv's im2col scratch, every depthwise conv's and
+    average pooling's buffer (the harness checks each against CMSIS-NN's own)."""
+    need = [4 * (q.weight.shape[1] + 15) for q in ops if q.kind == "conv"]
+    need += [4 * (q.geom.kh * q.geom.kw * q.geom.c + 15) for q in ops if q.kind == "dwconv"]
+    need += [4 * q.geom.c * q.geom.ow for q in ops if q.kind == "avgpool"]
+    return max([4] + need)
 
 
-def render_harness(graph: Graph, ops: list[QOp], y_t, q_inputs: np.ndarray, model: str) -> str:
-    """The whole harness C: every layer's constants and call, the golden inputs, main."""
+def render_harness(graph: Graph, ops: list[QOp], y_t, q_inputs: np.ndarray, model: str,
+                   arena: int) -> str:
+    """The whole harness C: every layer's constants and call, the golden inputs, main;
+    ``arena``: the bytes of vst's activation plan (``int8_plan``)."""
     scale_hex = struct.unpack("<I", struct.pack("<f", y_t.scale))[0]
     return _fill(
         "harness.c.in", banner=f"/* generated by vst {__version__}: CMSIS-NN benchmark. */",
         model=model, in_size=q_inputs.shape[1], out_size=ops[-1].n_out, layer_count=len(ops),
-        buf_size=max([1] + [q.n_out for q in ops[:-1]]), scratch_size=_scratch_bytes(ops),
+        arena_size=max(arena, 4), scratch_size=_scratch_bytes(ops),
         layers="".join(_layer_source(k, q, graph) for k, q in enumerate(ops)),
-        layer_names=", ".join(f"layer_{k}" for k in range(len(ops))),
+        layer_names=", ".join(f"run_{k}" for k in range(len(ops))),
         ready_names=", ".join(f"ready_{k}" for k in range(len(ops))), count=len(q_inputs),
         golden_in=",\n".join("    {\n" + c_values(row.astype(np.int64), "int", indent=" " * 8)
                              + "\n    }" for row in q_inputs),
@@ -195,12 +233,13 @@ def build_harness(source: str, cmsis: Path, target: Target, work: Path) -> tuple
 
 
 def _layer_rows(ops: list[QOp]) -> list[dict]:
-    """Per layer: op index, TFLite name, kind, MACs (conv rows*cols*oh*ow, fc rows*cols)."""
+    """Per layer: op index, TFLite name, kind, MACs (conv / dwconv rows*cols*oh*ow, fc
+    rows*cols)."""
     rows = []
     for k, q in enumerate(ops):
         macs = 0
-        if q.kind in ("conv", "fc"):
-            macs = q.weight.size * (q.geom.oh * q.geom.ow if q.kind == "conv" else 1)
+        if q.weight is not None:
+            macs = q.weight.size * (q.geom.oh * q.geom.ow if q.geom is not None else 1)
         rows.append({"op": k, "name": f"{q.name} #{q.index}", "kind": q.kind, "macs": macs})
     return rows
 
@@ -220,7 +259,7 @@ def run_cmsis_nn(tflite_int8_path, q_inputs: np.ndarray, target_name: str, work_
     if target.is_host:
         raise VstError("CMSIS-NN benchmark: needs a Cortex-M target run in QEMU")
     graph = read_tflite(tflite_int8_path)
-    ops, _, x_t, y_t = int8_plan(graph)
+    ops, arena, x_t, y_t = int8_plan(graph)
     q_inputs = np.asarray(q_inputs, np.int8).reshape(len(q_inputs), -1)
     if q_inputs.shape[1] != x_t.size:
         raise VstError(f"CMSIS-NN benchmark: inputs have {q_inputs.shape[1]} values, "
@@ -228,7 +267,7 @@ def run_cmsis_nn(tflite_int8_path, q_inputs: np.ndarray, target_name: str, work_
     if expected is None:
         from toolchain.export.c.golden import tflm_int8_outputs
         expected = tflm_int8_outputs(graph, q_inputs.reshape(-1, *x_t.shape[1:]), (x_t, y_t))
-    source = render_harness(graph, ops, y_t, q_inputs, Path(tflite_int8_path).stem)
+    source = render_harness(graph, ops, y_t, q_inputs, Path(tflite_int8_path).stem, arena)
     elf, probe = build_harness(source, cmsis, target, work)
     run = run_qemu(elf, target, timeout=timeout)
     (work / "run.log").write_text(run.log, encoding="utf-8")

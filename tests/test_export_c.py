@@ -248,20 +248,25 @@ def test_auto_storage_takes_csr_only_below_the_break_even_density(tmp_path):
     assert kinds[0.6] == ["dense"] * 4
 
 
-def test_header_sizes_and_ping_pong_arena(tmp_path):
+def test_header_sizes_and_liveness_arena(tmp_path):
     network = NETWORKS["cnn_small_bn"][0]()
     result = generate_c(network, random_state(network, 1.0), tmp_path, name="digits")
     macros = header_macros(tmp_path / "digits.h")
     assert macros["VST_DIGITS_INPUT_SIZE"] == "784"
     assert macros["VST_DIGITS_OUTPUT_SIZE"] == "10"
-    # conv1 (4x14x14) and fc1 (16) share buffer A, conv2 (8x7x7) uses B; logits go
-    # to output; the im2col scratch holds PIX patches of conv2 (4 channels x 4x4 taps)
+    # conv1 (4x14x14) at 0 and conv2 (8x7x7) after it are live together; fc1 (16)
+    # reuses conv1's place; logits go to output; the im2col scratch holds PIX
+    # patches of conv2 (4 channels x 4x4 taps)
     assert int(macros["VST_DIGITS_ARENA_BYTES"]) == 4 * (4 * 14 * 14 + 8 * 7 * 7 + PIX * 64)
     assert result["float"]["arena_bytes"] == 4 * (784 + 392 + PIX * 64)
+    assert result["float"]["activation_bytes"] == 4 * (784 + 392)
     source = (tmp_path / "digits.c").read_text()
     assert "malloc" not in source and "int vst_digits_infer(const float *input" in source
     assert "static const float l0_w[" in source
-    assert "static float buf_a[784] VST_ALIGN(4) VST_ARENA_ATTR;" in source
+    assert "static float vst_arena[1176] VST_ALIGN(4) VST_ARENA_ATTR;" in source
+    assert "input, vst_arena + 0, patch);" in source          # conv1 writes at 0
+    assert "vst_arena + 784, patch);" in source               # conv2 after it
+    assert "vst_arena + 0);" in source and ", output);" in source
     assert f"#define VST_PIX {PIX}\n" in source
     assert f"static float patch[{PIX * 64}] VST_ALIGN(4) VST_ARENA_ATTR;" in source
     for key, path in result["files"].items():

@@ -411,6 +411,7 @@ def test_requantization_equals_tflite_on_random_values(tmp_path, all_right):
     """Both paths of vst_requantize (the short one for right shifts and the
     general one) against TFLite's arithmetic, on random accumulators,
     multipliers and shifts, with a ReLU clamp and with the full int8 range."""
+    from toolchain.export.c.int8_gen import KERNELS
     from toolchain.export.c.template import kernels
 
     rng = np.random.default_rng(7 + all_right)
@@ -418,7 +419,7 @@ def test_requantization_equals_tflite_on_random_values(tmp_path, all_right):
     mult = rng.integers(1 << 30, 1 << 31, n)
     shift = rng.integers(-20, 0, n) if all_right else rng.integers(-20, 4, n)
     acc = rng.integers(-(1 << 29), 1 << 29, n) >> rng.integers(0, 28, n)
-    code = kernels("int8_kernels.c.in", [("base", {}), ("requant", {})])
+    code = kernels(KERNELS, [("base", {}), ("requant", {})])
     cases = []
     for lo, hi, offset in ((-128, 127, -3), (-20, 127, -20)):
         arrays = "\n".join(f"static const {t} {name}[{n}] = {{{', '.join(map(str, v))}}};"

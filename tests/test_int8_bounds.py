@@ -43,48 +43,66 @@ def net(tmp_path_factory):
     return path, binary, data.x_test[:200], data.y_test[:200]
 
 
-def _box_points(bounds: Int8Bounds, x: np.ndarray, n: int, seed: int) -> np.ndarray:
+def _box_points(bounds: Int8Bounds, x: np.ndarray, n: int, seed: int,
+                eps: float = EPS) -> np.ndarray:
     """n float points of the eps-box of one sample, half random, half corners,
     clipped to [0, 1] and quantized as the firmware does: (n, input size) int8."""
     rng = np.random.default_rng(seed)
-    inside = x + rng.uniform(-EPS, EPS, size=(n // 2,) + x.shape).astype(np.float32)
-    corners = x + EPS * rng.choice([-1.0, 1.0], size=(n - n // 2,) + x.shape).astype(np.float32)
+    inside = x + rng.uniform(-eps, eps, size=(n // 2,) + x.shape).astype(np.float32)
+    corners = x + eps * rng.choice([-1.0, 1.0], size=(n - n // 2,) + x.shape).astype(np.float32)
     points = np.clip(np.concatenate([inside, corners]), 0.0, 1.0).astype(np.float32)
     q = quantize(to_tflite_layout(points, bounds.x_t.shape), bounds.x_t.scale,
                  bounds.x_t.zero_point)
     return q.reshape(n, -1)
 
 
-def test_bounds_of_a_point_are_the_interpreter_outputs(net):
-    path, binary, x, _ = net
-    bounds = Int8Bounds.from_tflite(path)
+def check_point_bounds(bounds: Int8Bounds, path, binary, x: np.ndarray, noise: int,
+                       seed: int) -> None:
+    """The bounds of a point (the real inputs, then random int8 ones) are the outputs
+    of TFLite Micro and of the generated C."""
     q, q_hi = bounds.quantize_box(x, 0.0)
     assert np.array_equal(q, q_hi)
-    noise = np.random.default_rng(1).integers(-128, 128, size=(50, q.shape[1]))
-    q = np.concatenate([q, noise])
+    q = np.concatenate([q, np.random.default_rng(seed).integers(-128, 128,
+                                                                  size=(noise, q.shape[1]))])
     expected = tflm_outputs(path, q.astype(np.int8).reshape(-1, *bounds.x_t.shape[1:]))
     assert np.array_equal(bounds.outputs(q), expected.astype(np.int64))
-    assert np.array_equal(run_program(binary, q.astype(np.int8), np.int8, 10), expected)
+    classes = expected.shape[1]
+    assert np.array_equal(run_program(binary, q.astype(np.int8), np.int8, classes), expected)
+
+
+def check_box_soundness(bounds: Int8Bounds, path, binary, x, y, eps: float, points: int,
+                        tflm_every: int):
+    """For every sample, ``points`` quantized points of its eps-box through the C
+    (and TFLM for every ``tflm_every``-th sample): outputs in the bounds, and a
+    verified sample never misclassified nor tied, its margins at least the
+    certified ones. Returns the verification result."""
+    res = bounds.verify(x, y, eps)
+    classes = res.out_lo.shape[1]
+    for i in range(len(x)):
+        q = _box_points(bounds, x[i], points, seed=i, eps=eps)
+        out = run_program(binary, q.astype(np.int8), np.int8, classes).astype(np.int64)
+        if i % tflm_every == 0:
+            tflm = tflm_outputs(path, q.astype(np.int8).reshape(-1, *bounds.x_t.shape[1:]))
+            assert np.array_equal(out, tflm.astype(np.int64)), i
+        assert np.all(out >= res.out_lo[i]) and np.all(out <= res.out_hi[i]), i
+        if res.verified[i]:
+            assert _first_argmax_is(out, np.full(points, y[i])).all(), i
+            margins = out[:, y[i]][:, None] - out
+            others = np.arange(classes) != y[i]
+            assert np.all(margins[:, others] >= res.margins[i][others]), i
+    return res
+
+
+def test_bounds_of_a_point_are_the_interpreter_outputs(net):
+    path, binary, x, _ = net
+    check_point_bounds(Int8Bounds.from_tflite(path), path, binary, x, noise=50, seed=1)
 
 
 def test_sampled_points_stay_in_bounds_and_verified_samples_hold(net):
     path, binary, x, y = net
-    bounds = Int8Bounds.from_tflite(path)
-    res = bounds.verify(x, y, EPS)
+    res = check_box_soundness(Int8Bounds.from_tflite(path), path, binary, x, y, EPS, POINTS,
+                              tflm_every=40)             # TFLM is slower: every 40th sample
     assert 0.1 < res.verified.mean() < 0.9            # a meaningful mix of verdicts
-    tflm_samples = set(range(0, len(x), 40))           # TFLM is slower: every 40th sample
-    for i in range(len(x)):
-        q = _box_points(bounds, x[i], POINTS, seed=i)
-        out = run_program(binary, q.astype(np.int8), np.int8, 10).astype(np.int64)
-        if i in tflm_samples:
-            tflm = tflm_outputs(path, q.astype(np.int8).reshape(-1, *bounds.x_t.shape[1:]))
-            assert np.array_equal(out, tflm.astype(np.int64))
-        assert np.all(out >= res.out_lo[i]) and np.all(out <= res.out_hi[i]), i
-        if res.verified[i]:
-            assert _first_argmax_is(out, np.full(POINTS, y[i])).all(), i
-            margins = out[:, y[i]][:, None] - out
-            others = np.arange(10) != y[i]
-            assert np.all(margins[:, others] >= res.margins[i][others]), i
 
 
 def test_margin_form_is_at_least_as_tight_as_intervals(net):

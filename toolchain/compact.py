@@ -34,6 +34,7 @@ import dataclasses
 import torch
 
 from toolchain.models import layers as L
+from toolchain.models.fold import batchnorm_folds
 from toolchain.models.modelfile import VstModel, save_model
 from toolchain.models import graph
 from toolchain.sparsity.groups import channel_groups, channel_index, is_depthwise
@@ -168,10 +169,7 @@ def fold_batchnorm(model: VstModel) -> VstModel:
     zeros of W stay zeros, so masks stay valid.
     """
     src, s, inputs = model.network.layers, model.state, model.network.inputs
-    readers = graph.consumers(inputs)
-    into = {j: inputs[j][0] for j, layer in enumerate(src)
-            if isinstance(layer, L.BatchNorm) and inputs[j][0] >= 0
-            and isinstance(src[inputs[j][0]], L.WEIGHTED) and readers[inputs[j][0]] == [j]}
+    into = batchnorm_folds(model.network)
     folded = {i: j for j, i in into.items()}
     index = {graph.INPUT: graph.INPUT}
     layers, wiring, state, masks = [], [], {}, {}

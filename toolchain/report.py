@@ -135,6 +135,11 @@ def _c_rows(c: dict) -> list[tuple[str, str]]:
                      for layer in info["layers"])
         rows.append((f"C {variant} weights: all dense / as stored",
                      f"{dense:,} B / {chosen:,} B ({info['arena_bytes']:,} B activations)"))
+        tflm = info.get("tflm_arena")
+        if tflm:
+            rows.append(("C int8 arena / TFLite Micro's arena",
+                         f"{info['arena_bytes']:,} B / {tflm['total']:,} B "
+                         f"(TFLM: {tflm['head']:,} B tensors, {tflm['tail']:,} B persistent)"))
     return rows
 
 

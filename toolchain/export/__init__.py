@@ -5,8 +5,9 @@ torch, onnx or tensorflow):
 
 - ``onnx``: ``export_onnx(model, path)`` and ``onnx_parity(model, path, x)``;
 - ``vnnlib``: ``write_vnnlib(out_dir, onnx_name, x, y, eps)`` (VNN-COMP properties);
-- ``keras_build`` / ``tflite``: the layer list rebuilt in Keras (NHWC), converted
-  to float32 and full-integer int8 ``.tflite``, run with LiteRT or TFLM.
+- ``keras_build`` / ``tflite``: the network (any DAG of vst's layers) rebuilt in
+  Keras (NHWC), converted to float32 and full-integer int8 ``.tflite``, run with
+  LiteRT or TFLM.
 """
 
 from __future__ import annotations
@@ -15,28 +16,48 @@ from pathlib import Path
 
 from toolchain.errors import VstError
 
-# What the TFLite and C exporters know: chains of these kinds, no grouped convolution.
-# Graph operators (Add, pooling, depthwise) reach TFLite and C in a later issue.
-CHAIN_KINDS = ("normalize", "conv2d", "conv1d", "linear", "batchnorm", "relu", "flatten")
+
+def same_padding_matches(size: int, kernel: int, stride: int, padding: int) -> bool:
+    """True when TF's ``padding="same"`` equals PyTorch's symmetric ``padding``.
+
+    >>> same_padding_matches(28, 4, 2, 1), same_padding_matches(64, 5, 2, 2)
+    (True, False)
+    """
+    torch_out = (size + 2 * padding - kernel) // stride + 1
+    same_out = -(-size // stride)
+    total = max((same_out - 1) * stride + kernel - size, 0)
+    return torch_out == same_out and total // 2 == padding
 
 
 def check_exportable(network, what: str) -> None:
-    """VstError, one line naming the first operator ``what`` (TFLite, C) cannot
+    """VstError, one line naming the first layer ``what`` (TFLite, C) cannot
     export, before any work is done; ONNX exports every network.
 
-    >>> from toolchain.models.layers import Add, Network, ReLU
-    >>> check_exportable(Network((2,), (ReLU(), Add()), ((-1,), (-1, 0))), "TFLite")
+    TFLite and C take every layer kind, wired as any DAG, except a grouped
+    convolution that is not depthwise (TFLite Micro has no grouped CONV_2D)
+    and a padded max pooling that TF's "same" padding does not reproduce (TF
+    pads max pooling with -inf only as "same"; zeros would change the maximum).
+
+    >>> from toolchain.models.layers import Conv2d, Network
+    >>> check_exportable(Network((4, 6, 6), (Conv2d(4, 4, 3, groups=2),)), "TFLite")
     Traceback (most recent call last):
-    toolchain.errors.VstError: TFLite export: layer 1 (add) is not supported by the TFLite and C exporters yet; export onnx instead
+    toolchain.errors.VstError: TFLite export: layer 0 (conv2d with groups 2) is not supported by the TFLite and C exporters (a grouped convolution must be depthwise: groups = in_channels); export onnx instead
     """
+    from toolchain.models import layers as L
+
+    in_shapes = network.in_shapes()
     for i, layer in enumerate(network.layers):
-        kind = layer.kind if getattr(layer, "groups", 1) == 1 else f"grouped {layer.kind}"
-        if kind not in CHAIN_KINDS:
-            raise VstError(f"{what} export: layer {i} ({kind}) is not supported by the TFLite "
-                           "and C exporters yet; export onnx instead")
-    if not network.is_chain:
-        raise VstError(f"{what} export: branching networks are not supported by the TFLite "
-                       "and C exporters yet; export onnx instead")
+        groups = getattr(layer, "groups", 1)
+        if groups != 1 and groups != layer.in_channels:
+            raise VstError(f"{what} export: layer {i} ({layer.kind} with groups {groups}) is not "
+                           "supported by the TFLite and C exporters (a grouped convolution must "
+                           "be depthwise: groups = in_channels); export onnx instead")
+        if isinstance(layer, (L.MaxPool2d, L.MaxPool1d)) and layer.padding and not all(
+                same_padding_matches(s, layer.kernel, layer.stride, layer.padding)
+                for s in in_shapes[i][1:]):
+            raise VstError(f"{what} export: layer {i} ({layer.kind} with padding "
+                           f"{layer.padding}) pads where TF's \"same\" max pooling would not; "
+                           "use padding 0 or a size that TF pads alike; export onnx instead")
 
 
 def exportable_formats(network, formats) -> tuple[list[str], dict[str, str]]:

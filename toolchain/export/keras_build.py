@@ -1,19 +1,33 @@
-"""Rebuild a layer list in Keras 3, channels-last (NHWC / NLC), for TFLite.
+"""Rebuild a network (any DAG of vst's layers) in Keras 3, channels-last, for TFLite.
 
 PyTorch is channels-first, TFLite channels-last. The Keras model takes one
 sample batch ``(1, H, W, C)`` (or ``(1, L, C)``, or ``(1, F)``) and computes
-exactly the PyTorch function on the transposed input:
+exactly the PyTorch function on the transposed input. It is a functional
+model wired as the network (``Network.inputs``); the layers become:
 
-- Conv2d / Conv1d -> Conv2D / Conv1D with kernels transposed to HWIO / WIO;
-  PyTorch's symmetric padding becomes ``padding="same"`` when TF's "same"
-  pads identically (true for cnn_small's k4/s2/p1), else an explicit
-  ZeroPadding layer (one PAD op);
-- a BatchNorm right after a Conv/Linear is folded into its weights (no op on
-  the MCU); elsewhere it becomes a Keras BatchNormalization with our stats;
+- Conv2d / Conv1d -> Conv2D / Conv1D with kernels transposed to HWIO / WIO,
+  depthwise ones (``groups == in_channels``) -> DepthwiseConv2D / 1D
+  (``depth_multiplier = out / in``). PyTorch's symmetric padding becomes
+  ``padding="same"`` when TF's "same" pads identically (true for k3/s1/p1 and
+  cnn_small's k4/s2/p1), else an explicit ZeroPadding layer (one PAD op);
+- a BatchNorm that reads a Conv/Linear nothing else reads is folded into its
+  weights (``models.fold``: no op on the MCU); elsewhere it becomes a Keras
+  BatchNormalization with our statistics;
+- AvgPool -> ZeroPadding (when padded) + AveragePooling "valid", so the zero
+  padding counts in the divisor as in PyTorch (TF's "same" would not count
+  it); MaxPool -> MaxPooling ("same" where PyTorch pads: TF pads max pooling
+  with -inf, as PyTorch does; other paddings are refused by
+  ``check_exportable``); GlobalAvgPool -> AveragePooling over the whole
+  image + Flatten (one AVERAGE_POOL_2D, TFLite's integer average); Add -> Add;
 - Normalize -> ``Rescaling(1/std, -mean/std)`` per channel;
 - Flatten keeps PyTorch's (C, H, W) feature order by permuting the *rows of
-  the next Linear* (no Transpose op); only a Flatten with no Linear after it
-  gets a Permute to channels-first first.
+  the Linear layers that read it* (no Transpose op); a Flatten whose value
+  reaches anything but a Linear (through ReLU / BatchNorm / Normalize) gets a
+  Permute to channels-first first.
+
+The TFLite converter then writes 1-D layers as 2-D operators on a (1, 1, L, C)
+view (RESHAPE before and after), and fuses a ReLU into the CONV_2D,
+DEPTHWISE_CONV_2D, FULLY_CONNECTED or ADD before it.
 
 Example: ``Conv2d(1,4,4,2,1) -> BatchNorm(4) -> ReLU -> Flatten -> Linear(196,10)``
 on (1, 28, 28) becomes ``Input(1,28,28,1) -> Conv2D(same, BN folded) -> ReLU
@@ -34,9 +48,11 @@ import sys
 import numpy as np
 
 from toolchain.errors import VstError
-from toolchain.export import check_exportable
+from toolchain.export import check_exportable, same_padding_matches
+from toolchain.models import graph
 from toolchain.scratch import scratch_file
 from toolchain.models import layers as L
+from toolchain.models.fold import batchnorm_folds
 
 log = logging.getLogger("vst.export")
 
@@ -51,14 +67,6 @@ def channels_last_shape(shape: L.Shape) -> L.Shape:
     """Per-sample shape (C, H, W) -> (H, W, C); (C, L) -> (L, C); (F,) unchanged."""
     shape = tuple(shape)
     return shape[1:] + shape[:1] if len(shape) > 1 else shape
-
-
-def same_padding_matches(size: int, kernel: int, stride: int, padding: int) -> bool:
-    """True when TF's ``padding="same"`` equals PyTorch's symmetric ``padding``."""
-    torch_out = (size + 2 * padding - kernel) // stride + 1
-    same_out = -(-size // stride)
-    total = max((same_out - 1) * stride + kernel - size, 0)
-    return torch_out == same_out and total // 2 == padding
 
 
 def flatten_order(shape: L.Shape) -> np.ndarray:
@@ -83,31 +91,41 @@ def _fold_bn(weight, bias, p: dict, i: int, bn: L.BatchNorm):
 
 
 @contextlib.contextmanager
-def tensorflow_quiet():
-    """Send TensorFlow's native stderr chatter (absl INFO lines at import and
-    conversion, which no environment variable silences) to the debug log.
-    If the block fails, the captured text is replayed on stderr."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def native_stderr():
+    """Capture what native code writes to the process's stderr (fd 2) in the
+    block; yields a list that holds the text once the block has ended."""
+    text: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
     with scratch_file() as captured:            # needs no writable temporary folder
         os.dup2(captured.fileno(), 2)
-        failed = False
         try:
-            yield
-        except BaseException:
-            failed = True
-            raise
+            yield text
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            text = captured.read().decode(errors="replace")
-            if failed:
-                sys.stderr.write(text)
-            elif text.strip():
-                log.debug("tensorflow: %s", text.strip())
+            text.append(captured.read().decode(errors="replace"))
+
+
+@contextlib.contextmanager
+def tensorflow_quiet():
+    """Send TensorFlow's native stderr chatter (absl INFO lines at import and
+    conversion, which no environment variable silences) to the debug log.
+    If the block fails, the captured text is replayed on stderr."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    ok, text = False, []
+    try:
+        with native_stderr() as text:
+            yield
+        ok = True
+    finally:
+        captured = "".join(text)
+        if not ok:
+            sys.stderr.write(captured)
+        elif captured.strip():
+            log.debug("tensorflow: %s", captured.strip())
 
 
 def _keras():
@@ -125,43 +143,83 @@ def build_keras(network: L.Network, state: dict):
     check_exportable(network, "TFLite")
     keras = _keras()
     p = _numpy(state)
-    shapes = [network.input_shape] + network.shapes()
+    in_shapes = network.in_shapes()
+    folds = batchnorm_folds(network)
+    bn_of = {i: j for j, i in folds.items()}
     inputs = keras.Input(channels_last_shape(network.input_shape), batch_size=1, name="input")
-    h, order, i = inputs, None, 0
-    while i < len(network.layers):
-        layer, in_shape = network.layers[i], shapes[i]
-        bn = network.layers[i + 1] if i + 1 < len(network.layers) else None
-        bn = bn if isinstance(layer, L.WEIGHTED) and isinstance(bn, L.BatchNorm) else None
-        if isinstance(layer, L.Flatten):
-            h, order = _flatten(keras, h, in_shape, network.layers[i + 1:])
+    # per layer: its Keras tensor and, after a Flatten, the pending PyTorch feature order
+    values: dict[int, tuple] = {graph.INPUT: (inputs, None)}
+    for i, layer in enumerate(network.layers):
+        reads = network.inputs[i]
+        h, order = values[reads[0]]
+        in_shape = in_shapes[i]
+        if i in folds:                       # folded into the layer it reads
+            pass
+        elif isinstance(layer, L.Flatten):
+            h, order = _flatten(keras, h, in_shape, _defer_order(network, i))
         elif isinstance(layer, L.ReLU):
-            h = keras.layers.ReLU()(h)
+            h = keras.layers.ReLU(name=f"relu_{i}")(h)
         elif isinstance(layer, L.Linear):
-            h = _dense(keras, h, layer, p, i, order, bn)
-            order = None
+            h, order = _dense(keras, h, layer, p, i, order, bn_of.get(i), network), None
         elif isinstance(layer, (L.Conv2d, L.Conv1d)):
-            h = _conv(keras, h, layer, in_shape, p, i, bn)
+            h = _conv(keras, h, layer, in_shape, p, i, bn_of.get(i), network)
+        elif isinstance(layer, L.POOLS):
+            h = _pool(keras, h, layer, in_shape, i)
+        elif isinstance(layer, L.GlobalAvgPool):
+            pool = keras.layers.AveragePooling2D if len(in_shape) == 3 else \
+                keras.layers.AveragePooling1D
+            h = pool(tuple(in_shape[1:]), name=f"globalavgpool_{i}")(h)
+            h = keras.layers.Flatten(name=f"globalavgpool_{i}_flat")(h)
+        elif isinstance(layer, L.Add):
+            h = keras.layers.Add(name=f"add_{i}")([h, values[reads[1]][0]])
         else:
             h = _per_channel(keras, h, layer, p, i, order)
-        i += 2 if bn is not None else 1
-    return keras.Model(inputs, h, name="vst")
+        values[i] = (h, order)
+    return keras.Model(inputs, values[len(network.layers) - 1][0], name="vst")
 
 
-def _flatten(keras, h, in_shape: L.Shape, rest):
-    """Flatten; returns the pending feature order for the next Linear (or None)."""
+def _defer_order(network: L.Network, i: int) -> bool:
+    """Whether the value of Flatten ``i`` reaches only Linear layers (through
+    ReLU, BatchNorm and Normalize, which follow the order per feature), so they
+    can take PyTorch's feature order in their rows; else it is permuted."""
+    readers = graph.consumers(network.inputs)
+    todo, seen = [i], set()
+    while todo:
+        j = todo.pop()
+        if not readers[j]:
+            return False                      # the network output
+        for k in readers[j]:
+            layer = network.layers[k]
+            if isinstance(layer, (L.ReLU, L.BatchNorm, L.Normalize)):
+                if k not in seen:
+                    seen.add(k)
+                    todo.append(k)
+            elif not isinstance(layer, L.Linear):
+                return False
+    return True
+
+
+def _flatten(keras, h, in_shape: L.Shape, defer: bool):
+    """Flatten; returns the pending feature order for the Linear layers (or None)."""
     order = flatten_order(in_shape)
     if np.array_equal(order, np.arange(order.size)):
         return keras.layers.Flatten()(h), None
-    if any(isinstance(layer, L.Linear) for layer in rest):
+    if defer:
         return keras.layers.Flatten()(h), order
     to_channels_first = (len(in_shape),) + tuple(range(1, len(in_shape)))  # NHWC: (3, 1, 2)
     return keras.layers.Flatten()(keras.layers.Permute(to_channels_first)(h)), None
 
 
-def _dense(keras, h, layer: L.Linear, p: dict, i: int, order, bn):
+def _weights(p: dict, i: int, bn: int | None, network: L.Network):
+    """The layer's weight and bias, with the BatchNorm that folds into it."""
     weight, bias = p[f"{i}.weight"], p[f"{i}.bias"]
     if bn is not None:
-        weight, bias = _fold_bn(weight, bias, p, i + 1, bn)
+        weight, bias = _fold_bn(weight, bias, p, bn, network.layers[bn])
+    return weight, bias
+
+
+def _dense(keras, h, layer: L.Linear, p: dict, i: int, order, bn, network):
+    weight, bias = _weights(p, i, bn, network)
     if order is not None:
         weight = weight[:, order]
     dense = keras.layers.Dense(layer.out_features, name=f"dense_{i}")
@@ -170,24 +228,48 @@ def _dense(keras, h, layer: L.Linear, p: dict, i: int, order, bn):
     return h
 
 
-def _conv(keras, h, layer, in_shape: L.Shape, p: dict, i: int, bn):
-    weight, bias = p[f"{i}.weight"], p[f"{i}.bias"]
-    if bn is not None:
-        weight, bias = _fold_bn(weight, bias, p, i + 1, bn)
+def _padding(keras, h, layer, spatial, two_d: bool, same_ok: bool = True):
+    """ZeroPadding where TF's "same" does not pad as PyTorch; the Keras padding mode."""
+    if not layer.padding:
+        return h, "valid"
+    if same_ok and all(same_padding_matches(s, layer.kernel, layer.stride, layer.padding)
+                       for s in spatial):
+        return h, "same"
+    pad = keras.layers.ZeroPadding2D if two_d else keras.layers.ZeroPadding1D
+    return pad(layer.padding)(h), "valid"
+
+
+def _conv(keras, h, layer, in_shape: L.Shape, p: dict, i: int, bn, network):
+    weight, bias = _weights(p, i, bn, network)
     two_d = isinstance(layer, L.Conv2d)
-    spatial = in_shape[1:]
-    same = layer.padding > 0 and all(
-        same_padding_matches(s, layer.kernel, layer.stride, layer.padding) for s in spatial)
-    if layer.padding > 0 and not same:
-        pad = keras.layers.ZeroPadding2D if two_d else keras.layers.ZeroPadding1D
-        h = pad(layer.padding)(h)
-    conv_cls = keras.layers.Conv2D if two_d else keras.layers.Conv1D
-    conv = conv_cls(layer.out_channels, layer.kernel, strides=layer.stride,
-                    padding="same" if same else "valid", name=f"conv_{i}")
-    h = conv(h)
-    kernel = weight.transpose(2, 3, 1, 0) if two_d else weight.transpose(2, 1, 0)
+    h, padding = _padding(keras, h, layer, in_shape[1:], two_d)
+    if layer.groups > 1:                                 # depthwise (check_exportable)
+        mult = layer.out_channels // layer.in_channels
+        cls = keras.layers.DepthwiseConv2D if two_d else keras.layers.DepthwiseConv1D
+        conv = cls(layer.kernel, strides=layer.stride, padding=padding, depth_multiplier=mult,
+                   name=f"dwconv_{i}")
+        h = conv(h)
+        # torch (in * mult, 1, k[, k]) -> Keras (k[, k], in, mult): output c * mult + m
+        kernel = weight.reshape((layer.in_channels, mult) + weight.shape[2:])
+        kernel = kernel.transpose(2, 3, 0, 1) if two_d else kernel.transpose(2, 0, 1)
+    else:
+        cls = keras.layers.Conv2D if two_d else keras.layers.Conv1D
+        conv = cls(layer.out_channels, layer.kernel, strides=layer.stride, padding=padding,
+                   name=f"conv_{i}")
+        h = conv(h)
+        kernel = weight.transpose(2, 3, 1, 0) if two_d else weight.transpose(2, 1, 0)
     conv.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return h
+
+
+def _pool(keras, h, layer, in_shape: L.Shape, i: int):
+    two_d = layer.rank == 2
+    average = isinstance(layer, (L.AvgPool2d, L.AvgPool1d))
+    # average pooling counts PyTorch's zero padding: explicit zeros, never TF's "same"
+    h, padding = _padding(keras, h, layer, in_shape[1:], two_d, same_ok=not average)
+    kind = ("AveragePooling" if average else "MaxPooling") + ("2D" if two_d else "1D")
+    return getattr(keras.layers, kind)(layer.kernel, strides=layer.stride, padding=padding,
+                                       name=f"{layer.kind}_{i}")(h)
 
 
 def _per_channel(keras, h, layer, p: dict, i: int, order):

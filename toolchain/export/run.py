@@ -3,7 +3,8 @@
 ``run_exports(model, data, out_dir, formats=...)`` writes ONNX (+ parity vs
 PyTorch), VNN-LIB properties, TFLite float and int8 (+ parity, int8 agreement,
 LiteRT vs TFLM), and C (TFLM array, standalone float/int8 inference, golden
-vectors; ``kernels`` is the int8 kernel family, ``dsp`` or ``portable``).
+vectors; ``kernels`` is the int8 kernel family, ``dsp`` or ``portable``; the
+int8 arena beside TFLite Micro's for the same model).
 Returns the numbers and the paths relative to ``out_dir.parent``, and writes
 them to ``out_dir/export.json``. ``vst export`` and ``vst build`` both call it.
 """
@@ -147,6 +148,11 @@ def _run(model, data, out_dir: Path, shown: str, formats, name, eps, vnnlib_n, g
         files["c"] = out_dir / "c"
         res["c_dir"] = rel(files["c"])
         res["c"] = {"float": c["float"], "int8": c["int8"], "golden_count": c["golden_count"]}
+        if c["int8"] is not None:
+            from toolchain.export.tflite import tflm_arena
+
+            # the same model's arena in TFLite Micro (arena_used_bytes = total), beside ours
+            c["int8"]["tflm_arena"] = tflm_arena(tfl["int8"])
     from toolchain.export import artifact_sizes
     res["sizes"] = artifact_sizes(files)
     return res

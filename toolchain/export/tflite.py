@@ -33,7 +33,8 @@ import numpy as np
 
 from toolchain.atomic import write_bytes
 from toolchain.errors import VstError
-from toolchain.export.keras_build import build_keras, tensorflow_quiet, to_channels_last
+from toolchain.export.keras_build import (build_keras, native_stderr, tensorflow_quiet,
+                                          to_channels_last)
 
 REPRESENTATIVE_SAMPLES = 300  # enough for stable activation ranges; conversion stays ~1 s
 RUNTIMES = ("litert", "tflm")
@@ -175,6 +176,29 @@ def _tflm(data: bytes):
         interpreter.invoke()
         return np.array(interpreter.get_output(0), copy=True)
     return invoke
+
+
+def tflm_arena(path) -> dict[str, int]:
+    """The tensor arena TFLite Micro uses for the model after one inference (all
+    zero input), as its RecordingMicroAllocator reports it (the Python
+    interpreter has no ``arena_used_bytes``; it prints the same totals):
+    ``total`` (= ``arena_used_bytes``), ``head`` (the planned tensors and
+    scratch buffers) and ``tail`` (persistent: tensor and node structs,
+    per-channel quantization data)."""
+    import re
+
+    from tflite_micro.python.tflite_micro import runtime
+
+    interpreter = runtime.Interpreter.from_bytes(Path(path).read_bytes())
+    detail = interpreter.get_input_details(0)
+    interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+    interpreter.invoke()
+    with native_stderr() as text:
+        interpreter.print_allocations()
+    found = dict(re.findall(r"Arena allocation (total|head|tail) (\d+) bytes", "".join(text)))
+    if set(found) != {"total", "head", "tail"}:
+        raise VstError(f"{Path(path).name}: TFLite Micro did not report its arena")
+    return {k: int(v) for k, v in found.items()}
 
 
 def compare_runtimes(path, x_nchw: np.ndarray) -> dict:

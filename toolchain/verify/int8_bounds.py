@@ -8,11 +8,17 @@ TFLite Micro) computes it, following vst's int8 plan of the .tflite file
 1. The input box ``[x - eps, x + eps]`` clipped to the input range (``eps_box``) is
    quantized with the firmware's rounding (``quantize``: monotone), giving the
    set of int8 inputs the device can see: ``[q(lo), q(hi)]`` per value.
-2. Per CONV_2D / FULLY_CONNECTED: int32 accumulator bounds from the signed
-   weights (``w+ * lo + w- * hi``, padding taps add exactly 0), then the
-   requantization (a monotone non-decreasing integer function, so bounds map
-   to bounds), then the clamp. PAD / TRANSPOSE / reshapes move bounds as they
-   move values.
+2. The ops run in the plan's order over the graph, each tensor's bounds kept
+   until its last reader (a residual shortcut feeds its ADD). Per CONV_2D /
+   DEPTHWISE_CONV_2D / FULLY_CONNECTED: int32 accumulator bounds from the
+   signed weights (``w+ * lo + w- * hi``, padding taps add exactly 0), then
+   the requantization (a monotone non-decreasing integer function, so bounds
+   map to bounds), then the clamp. AVERAGE_POOL_2D (a sum, then TFLite's
+   rounding division: monotone), MAX_POOL_2D (monotone) and ADD (each input's
+   scaling, the sum and the output requantization are monotone in each
+   operand) map the lower ends to the lower end and the upper ends to the
+   upper end, with exactly the integer arithmetic of the kernels.
+   PAD / TRANSPOSE / reshapes move bounds as they move values.
 3. At the output the margins ``q_y - q_j`` are bounded, not the logits one by
    one: each requantization ``R_j`` is within ``e_j`` (0.5, or 0.5 + 0.5 /
    2^right with a right shift) of ``M_j * acc_j`` (M_j = mult_j * 2^(shift_j
@@ -43,25 +49,21 @@ import numpy as np
 from toolchain.epsbox import INPUT_RANGE, eps_box
 from toolchain.errors import VstError
 from toolchain.export.c.golden import quantize, to_tflite_layout
-from toolchain.export.c.int8_plan import QOp, int8_plan
+from toolchain.export.c.int8_ops import QOp, add_outputs, mul_q31
+from toolchain.export.c.int8_plan import int8_plan
+from toolchain.export.c.memory import INPUT
 from toolchain.export.c.tflite_graph import read_tflite
 
 SLACK = 1e-6
+BATCH = 32      # samples bounded at once: patches of a conv hold N * positions * taps int64
 
 
 def requantize(acc: np.ndarray, op: QOp, clamp: bool = True) -> np.ndarray:
     """TFLite's MultiplyByQuantizedMultiplier plus the output offset (and the
     clamp), exactly, for int64 accumulators of shape (..., channels)."""
-    left = np.maximum(op.shift, 0)
-    right = np.maximum(-op.shift, 0)
-    scaled = acc << left
-    if np.any(np.abs(scaled) >= 2 ** 31):
+    if np.any(np.abs(acc << np.maximum(op.shift, 0)) >= 2 ** 31):
         raise VstError(f"int8 bounds: {op.name} #{op.index}: accumulator bound exceeds int32")
-    # SaturatingRoundingDoublingHighMul with a positive multiplier: (x*m + 2^30) >> 31
-    high = (scaled * op.mult + (1 << 30)) >> 31
-    mask = (1 << right) - 1
-    threshold = (mask >> 1) + (high < 0)
-    v = (high >> right) + ((high & mask) > threshold) + op.out_offset
+    v = mul_q31(acc, op.mult, op.shift) + op.out_offset
     return np.clip(v, *op.act) if clamp else v
 
 
@@ -78,10 +80,51 @@ def _conv_patches(x: np.ndarray, op: QOp, pad_value: int) -> np.ndarray:
     return win.transpose(0, 1, 2, 4, 5, 3).reshape(len(x), g.oh * g.ow, -1)
 
 
+def _window_index(op: QOp) -> np.ndarray:
+    """(oh*ow, kh*kw): the input pixel under each tap of each output's window
+    (y * w + x), -1 where the tap falls outside the image."""
+    g = op.geom
+    oy, ox = np.divmod(np.arange(g.oh * g.ow), g.ow)
+    ky, kx = np.divmod(np.arange(g.kh * g.kw), g.kw)
+    y = (oy * g.sh - g.ph)[:, None] + ky[None, :]
+    x = (ox * g.sw - g.pw)[:, None] + kx[None, :]
+    inside = (y >= 0) & (y < g.h) & (x >= 0) & (x < g.w)
+    return np.where(inside, y * g.w + x, -1)
+
+
+def _pool(op: QOp, x: np.ndarray) -> np.ndarray:
+    """AVERAGE_POOL_2D / MAX_POOL_2D of flattened NHWC tensors (N, h*w*c) as
+    TFLite computes them (both monotone: bounds map to bounds)."""
+    g, index = op.geom, _window_index(op)
+    pixels = x.reshape(len(x), g.h * g.w, g.c)
+    taps = pixels[:, np.maximum(index, 0)]                     # (N, P, T, c)
+    inside = (index >= 0)[None, :, :, None]
+    if op.kind == "maxpool":
+        v = np.where(inside, taps, -128).max(axis=2)
+    else:
+        acc = np.where(inside, taps, 0).sum(axis=2)
+        count = inside.sum(axis=2)
+        half = count // 2
+        # C's truncating division of acc +- count / 2, rounding half away from zero
+        v = np.where(acc > 0, (acc + half) // count, -((half - acc) // count))
+    return np.clip(v, *op.act).reshape(len(x), -1)
+
+
 def _accumulators(op: QOp, lo: np.ndarray, hi: np.ndarray):
-    """Lower and upper int64 accumulators (N, positions, rows) of a conv / fc op."""
+    """Lower and upper int64 accumulators (N, positions, rows) of a conv / dwconv /
+    fc op."""
     w = op.weight.astype(np.int64)
     wp, wn = np.maximum(w, 0), np.minimum(w, 0)
+    if op.kind == "dwconv":
+        # taps (ky, kx) of output channel o read input channel o // m
+        g = op.geom
+        zero = -op.in_offset
+        channel = np.arange(g.oc) // (g.oc // g.c)
+        lo_p, hi_p = ((_conv_patches(b, op, zero).reshape(len(b), g.oh * g.ow, g.kh * g.kw, g.c)
+                       [..., channel] + op.in_offset) for b in (lo, hi))
+        acc_lo = (lo_p * wp.T + hi_p * wn.T).sum(axis=2) + op.bias
+        acc_hi = (hi_p * wp.T + lo_p * wn.T).sum(axis=2) + op.bias
+        return acc_lo, acc_hi
     if op.kind == "conv":
         zero = -op.in_offset                      # padding holds the input zero point
         lo_p = _conv_patches(lo, op, zero) + op.in_offset
@@ -129,6 +172,8 @@ class Int8Bounds:
     def __init__(self, ops: list[QOp], x_t, y_t) -> None:
         self.ops, self.x_t, self.y_t = ops, x_t, y_t
         self.last = max((k for k, op in enumerate(ops) if op.weight is not None), default=None)
+        self.writer = {op.writes: k for k, op in enumerate(ops)}
+        self.out = next(k for k, op in enumerate(ops) if op.dst == "output")
 
     @classmethod
     def from_tflite(cls, path) -> "Int8Bounds":
@@ -150,33 +195,50 @@ class Int8Bounds:
     def propagate(self, lo: np.ndarray, hi: np.ndarray, stop: int | None = None):
         """Bounds after every op up to (not including) ``stop``; returns the list of
         (lo, hi) per op output, flattened (N, size)."""
-        out = []
-        for k, op in enumerate(self.ops[:stop]):
-            if op.weight is None:
-                lo, hi = _move(op, lo), _move(op, hi)
+        out: list = []
+        for op in self.ops[:stop]:
+            ins = [(lo, hi) if key == INPUT else out[self.writer[key]] for key in op.reads]
+            (a_lo, a_hi) = ins[0]
+            if op.kind == "add":
+                b_lo, b_hi = ins[1]
+                out.append((add_outputs(op, a_lo, b_lo), add_outputs(op, a_hi, b_hi)))
+            elif op.kind in ("avgpool", "maxpool"):
+                out.append((_pool(op, a_lo), _pool(op, a_hi)))
+            elif op.weight is None:
+                out.append((_move(op, a_lo), _move(op, a_hi)))
             else:
-                acc_lo, acc_hi = _accumulators(op, lo, hi)
-                lo = requantize(acc_lo, op).reshape(len(lo), -1)
-                hi = requantize(acc_hi, op).reshape(len(hi), -1)
-            out.append((lo, hi))
+                acc_lo, acc_hi = _accumulators(op, a_lo, a_hi)
+                out.append((requantize(acc_lo, op).reshape(len(a_lo), -1),
+                            requantize(acc_hi, op).reshape(len(a_hi), -1)))
         return out
+
+    def _input_of(self, k: int, bounds: list, lo: np.ndarray, hi: np.ndarray):
+        key = self.ops[k].reads[0]
+        return (lo, hi) if key == INPUT else bounds[self.writer[key]]
 
     def outputs(self, q: np.ndarray) -> np.ndarray:
         """The int8 outputs for concrete int8 inputs (N, size): bounds of a point."""
-        return self.propagate(q.astype(np.int64), q.astype(np.int64))[-1][0]
+        q = np.asarray(q, np.int64)
+        return np.concatenate([self.propagate(q[i:i + BATCH], q[i:i + BATCH])[self.out][0]
+                               for i in range(0, max(len(q), 1), BATCH)])
 
     def verify(self, x: np.ndarray, y: np.ndarray, eps: float) -> Int8Result:
         """Verified local robustness of the int8 network at ``eps`` per sample."""
+        parts = [self._verify(x[i:i + BATCH], np.asarray(y[i:i + BATCH]), eps)
+                 for i in range(0, max(len(x), 1), BATCH)]
+        return Int8Result(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("verified", "margins", "out_lo", "out_hi")))
+
+    def _verify(self, x: np.ndarray, y: np.ndarray, eps: float) -> Int8Result:
         lo, hi = self.quantize_box(x, eps)
         y = np.asarray(y, np.int64)
         bounds = self.propagate(lo, hi)
-        out_lo, out_hi = bounds[-1]
+        out_lo, out_hi = bounds[self.out]
         classes = out_lo.shape[1]
         interval = out_lo[np.arange(len(y)), y][:, None] - out_hi      # integer bound
         margins = interval.astype(np.float64)
-        if self.last is not None and self.last == len(self.ops) - 1 \
-                and self.ops[self.last].kind == "fc":
-            z_lo, z_hi = bounds[self.last - 1] if self.last > 0 else (lo, hi)
+        if self.last is not None and self.last == self.out and self.ops[self.last].kind == "fc":
+            z_lo, z_hi = self._input_of(self.last, bounds, lo, hi)
             linear, tie_free = self._margin_form(self.ops[self.last], z_lo, z_hi, y)
             margins = np.maximum(margins, np.where(tie_free, linear, -np.inf))
         margins[np.arange(len(y)), y] = 0.0

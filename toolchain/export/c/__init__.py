@@ -96,14 +96,15 @@ def _golden_inputs(network, golden_x) -> np.ndarray:
 
 
 def _float(network, state, storage: str, name: str) -> tuple[dict, dict]:
-    ops, sizes = float_plan(network, state)
+    ops, activations = float_plan(network, state)
     stores = float_gen.storages(ops, storage)
-    out = float_gen.render_float(ops, sizes, stores, name=name,
+    out = float_gen.render_float(ops, activations, stores, name=name,
                                  banner=_banner(f"float32 inference of {name}"),
                                  input_size=math.prod(network.input_shape),
                                  input_layout=float_layout(tuple(network.input_shape)))
     texts = {"h": (f"{name}.h", out["h"]), "c": (f"{name}.c", out["c"])}
-    summary = {"arena_bytes": out["arena_bytes"], "weight_bytes": out["weight_bytes"],
+    summary = {"arena_bytes": out["arena_bytes"], "activation_bytes": out["activation_bytes"],
+               "weight_bytes": out["weight_bytes"],
                "layers": float_gen.storage_table(ops, stores),
                "ops": float_gen.op_table(ops, stores)}
     return texts, summary
@@ -111,18 +112,19 @@ def _float(network, state, storage: str, name: str) -> tuple[dict, dict]:
 
 def _int8(network, path, storage: str, name: str, family: str) -> tuple[dict, dict, object, tuple]:
     graph = read_tflite(path)
-    ops, sizes, x_t, y_t = int8_plan(graph)
+    ops, activations, x_t, y_t = int8_plan(graph)
     if x_t.size != math.prod(network.input_shape) or y_t.size != network.num_classes:
         raise VstError(f"{Path(path).name}: input {x_t.shape} / output {y_t.shape} do not "
                        f"match the network ({network.input_shape} -> {network.num_classes})")
     stores = int8_gen.storages(ops, storage)
-    out = int8_gen.render_int8(ops, sizes, stores, (x_t, y_t), name=name,
+    chain_layers = [i for i, layer in enumerate(network.layers) if hasattr(layer, "weight_shape")]
+    out = int8_gen.render_int8(ops, activations, stores, (x_t, y_t), name=name,
                                banner=_banner(f"int8 inference of {name}, from {Path(path).name}"),
                                input_layout=int8_layout(x_t.shape), family=family,
-                               layers=[i for i, layer in enumerate(network.layers)
-                                       if hasattr(layer, "weight_shape")])
+                               layers=chain_layers if network.is_chain else None)
     texts = {"int8_h": (f"{name}_int8.h", out["h"]), "int8_c": (f"{name}_int8.c", out["c"])}
-    summary = {"arena_bytes": out["arena_bytes"], "weight_bytes": out["weight_bytes"],
+    summary = {"arena_bytes": out["arena_bytes"], "activation_bytes": out["activation_bytes"],
+               "weight_bytes": out["weight_bytes"],
                "kernels": family, "layers": int8_gen.storage_table(ops, stores),
                "ops": int8_gen.op_table(ops, stores)}
     return texts, summary, graph, (x_t, y_t)

@@ -17,6 +17,10 @@ from its bias and stored once, with the ReLU applied at the store.
   accumulators per channel and index the patch with their column directly.
 - Fully connected: 8 (then 4) outputs at a time, so each input loaded serves
   eight weights; CSR: one accumulator per output over its nonzeros.
+- Depthwise convolution (dense: kh * kw taps per output), pooling, global
+  average pooling and Add: direct loops over the taps inside the image
+  (``templates/float_graph_kernels.c.in``), the ReLU fused at the store of a
+  depthwise convolution or an Add.
 
 Where the target has a fused multiply-add (``__ARM_FEATURE_FMA``: Cortex-M4,
 M7, M33) each MAC is ``fmaf`` (one ``vfma.f32``, rounded once); elsewhere
@@ -39,7 +43,7 @@ from toolchain.export.c.arrays import Storage, array_bytes, weights_array
 from toolchain.export.c.plan import ConvGeom, FloatOp, op_row
 from toolchain.export.c.template import kernels, render
 
-KERNELS = "float_kernels.c.in"
+KERNELS = ("float_kernels.c.in", "float_graph_kernels.c.in")
 PIX = 4     # output pixels per im2col block: VST_PIX, the width of the kernels' tiles
 
 
@@ -88,15 +92,40 @@ def _weighted(op: FloatOp, storage: Storage) -> tuple[list[str], list, str, int]
     return defs, sections, call, size
 
 
+def _geom_def(op: FloatOp, tag: str) -> str:
+    return f"static const vst_geom {tag}_geom = {{{', '.join(map(str, op.geom.fields()))}}};"
+
+
+def _dwconv(op: FloatOp) -> tuple[list[str], list, str, int]:
+    tag = f"l{op.layer}"
+    defs = [f"/* layer {op.layer}: depthwise conv{' + ReLU' if op.relu else ''}, "
+            f"{op.weight.shape[0]}x{op.weight.shape[1]} weights, dense */", _geom_def(op, tag),
+            weights_array("float", f"{tag}_w", op.weight),
+            weights_array("float", f"{tag}_b", op.bias)]
+    call = (f"vst_dwconv(&{tag}_geom, {tag}_w, {tag}_b, {int(op.relu)}, {op.src}, "
+            f"{op.dst});")
+    size = array_bytes(op.weight, "float") + array_bytes(op.bias, "float")
+    return defs, [("mac", {}), ("geom", {}), ("dwconv", {})], call, size
+
+
 def _elementwise(op: FloatOp) -> tuple[list[str], list, str, int]:
+    tag = f"l{op.layer}"
     if op.kind == "normalize":
-        tag = f"l{op.layer}"
         defs = [weights_array("float", f"{tag}_mean", op.mean),
                 weights_array("float", f"{tag}_std", op.std)]
         plane = op.n_in // len(op.mean)
         call = (f"vst_normalize({len(op.mean)}, {plane}, {tag}_mean, {tag}_std, "
                 f"{op.src}, {op.dst});")
         return defs, [("normalize", {})], call, 2 * array_bytes(op.mean, "float")
+    if op.kind in ("avgpool", "maxpool"):
+        return ([_geom_def(op, tag)], [("geom", {}), (op.kind, {})],
+                f"vst_{op.kind}(&{tag}_geom, {op.src}, {op.dst});", 0)
+    if op.kind == "gap":
+        return ([], [("gap", {})],
+                f"vst_gap({op.n_out}, {op.n_in // op.n_out}, {op.src}, {op.dst});", 0)
+    if op.kind == "add":
+        return ([], [("mac", {}), ("add", {})],
+                f"vst_add({op.n_out}, {int(op.relu)}, {op.srcs[0]}, {op.srcs[1]}, {op.dst});", 0)
     return [], [(op.kind, {})], f"vst_{op.kind}({op.n_in}, {op.src}, {op.dst});", 0
 
 
@@ -117,17 +146,22 @@ SPARSE_BELOW = {"conv": 0.5, "dense": 0.33}
 
 def storages(ops: list[FloatOp], mode: str) -> dict[int, Storage]:
     """The weight storage of each weighted op, keyed by layer index: in ``auto``
-    mode CSR where it is both smaller and (by SPARSE_BELOW) faster."""
-    return {op.layer: Storage.of(op.weight, mode, sparse_below=SPARSE_BELOW[op.kind])
+    mode CSR where it is both smaller and (by SPARSE_BELOW) faster; depthwise
+    convolutions always dense."""
+    return {op.layer: Storage.of(op.weight, "dense" if op.kind == "dwconv" else mode,
+                                 sparse_below=SPARSE_BELOW.get(op.kind, 1.0))
             for op in ops if op.weight is not None}
 
 
-def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, Storage], *,
+def render_float(ops: list[FloatOp], activations: int, stores: dict[int, Storage], *,
                  banner: str, name: str, input_size: int, input_layout: str) -> dict:
-    """``{"h": text, "c": text, "arena_bytes": n, "weight_bytes": n}``."""
+    """``{"h": text, "c": text, "arena_bytes": n, "activation_bytes": n,
+    "weight_bytes": n}``; ``activations``: the planned arena in floats."""
     defs, sections, calls, weight_bytes = [], [], [], 0
     for k, op in enumerate(ops):
-        if op.weight is not None:
+        if op.kind == "dwconv":
+            d, s, call, size = _dwconv(op)
+        elif op.weight is not None:
             d, s, call, size = _weighted(op, stores[op.layer])
         else:
             d, s, call, size = _elementwise(op)
@@ -135,10 +169,12 @@ def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, St
         sections += s
         calls.append(f"    {call}\n    VST_MARK({k});")
         weight_bytes += size
-    sizes = {**sizes, "patch": patch_floats(ops)}
-    buffers = [f"static float {buf}[{n}] VST_ALIGN(4) VST_ARENA_ATTR;"
-               for buf, n in sizes.items() if n > 0]
-    arena = 4 * sum(sizes.values())
+    patch = patch_floats(ops)
+    buffers = [f"static float vst_arena[{activations}] VST_ALIGN(4) VST_ARENA_ATTR;  "
+               "/* the activations, placed by liveness */"] if activations else []
+    if patch:
+        buffers.append(f"static float patch[{patch}] VST_ALIGN(4) VST_ARENA_ATTR;")
+    arena = 4 * (activations + patch)
     values = dict(banner=banner, name=name, NAME=name.upper(), input_size=input_size,
                   output_size=ops[-1].n_out, input_layout=input_layout,
                   arena_bytes=arena, weight_bytes=weight_bytes)
@@ -146,7 +182,8 @@ def render_float(ops: list[FloatOp], sizes: dict[str, int], stores: dict[int, St
     source = render("float.c.in", **values, kernels=kernels(KERNELS, sections),
                     constants="\n".join(defs), buffers="\n".join(buffers),
                     calls="\n".join(calls))
-    return {"h": header, "c": source, "arena_bytes": arena, "weight_bytes": weight_bytes}
+    return {"h": header, "c": source, "arena_bytes": arena, "activation_bytes": 4 * activations,
+            "weight_bytes": weight_bytes}
 
 
 def op_table(ops: list[FloatOp], stores: dict[int, Storage]) -> list[dict]:

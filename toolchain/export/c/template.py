@@ -3,7 +3,8 @@
 Whole-file templates use ``string.Template`` placeholders (``$name``,
 ``${NAME}``); Python computes every value, the template only places them.
 Kernel files are split into sections so a generated file carries only the
-kernels it calls (an unused ``static`` function would fail ``-Werror``)::
+kernels it calls (an unused ``static`` function would fail ``-Werror``); a
+family of kernels may span several files (one per operator), read in order::
 
     /*@ section conv_dense */
     static void vst_conv_dense(...) { ... }
@@ -35,16 +36,22 @@ def render(template: str, **values) -> str:
 
 
 @cache
-def sections(name: str) -> dict[str, str]:
-    """The named sections of a kernel template file, in file order."""
-    parts = _SECTION.split(_text(name))
-    return {parts[i]: parts[i + 1].strip() + "\n" for i in range(1, len(parts), 2)}
+def sections(names: str | tuple[str, ...]) -> dict[str, str]:
+    """The named sections of one kernel template file or of several, in file order."""
+    out: dict[str, str] = {}
+    for name in (names,) if isinstance(names, str) else names:
+        parts = _SECTION.split(_text(name))
+        for i in range(1, len(parts), 2):
+            if parts[i] in out:
+                raise ValueError(f"kernel section {parts[i]!r} is defined twice ({name})")
+            out[parts[i]] = parts[i + 1].strip() + "\n"
+    return out
 
 
-def kernels(name: str, wanted: list[tuple[str, dict]]) -> str:
+def kernels(names: str | tuple[str, ...], wanted: list[tuple[str, dict]]) -> str:
     """The sections in ``wanted`` (each ``(section, substitutions)``), deduplicated,
-    in the order of the file so helpers come before their callers."""
-    available = sections(name)
+    in the order of the files so helpers come before their callers."""
+    available = sections(names)
     chosen = {(s, tuple(sorted(v.items()))) for s, v in wanted}
     order = list(available)
     out = []

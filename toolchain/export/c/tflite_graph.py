@@ -5,11 +5,12 @@ The flatbuffer is parsed with the schema module that ships with
 operators with their options (stride, padding, fused activation), every
 tensor's shape and quantization parameters, and the constant buffers.
 
-Supported operators (what the converter emits for vst's layer lists):
-CONV_2D, FULLY_CONNECTED, PAD / PADV2, TRANSPOSE, and the memory no-ops
-RESHAPE / EXPAND_DIMS / SQUEEZE; QUANTIZE / DEQUANTIZE only at the edges
-(float model input / output). Anything else is a ``VstError`` naming it,
-raised before any file is written.
+Supported operators (what the converter emits for vst's networks):
+CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, AVERAGE_POOL_2D, MAX_POOL_2D,
+ADD, PAD / PADV2, TRANSPOSE, and the memory no-ops RESHAPE / EXPAND_DIMS /
+SQUEEZE; QUANTIZE / DEQUANTIZE only at the edges (float model input /
+output). Anything else is a ``VstError`` naming it, raised before any file is
+written.
 
 >>> graph = read_tflite("model_int8.tflite")          # doctest: +SKIP
 >>> [op.name for op in graph.ops]                     # doctest: +SKIP
@@ -28,7 +29,8 @@ from toolchain.errors import VstError
 INT8, INT32, FLOAT32 = "INT8", "INT32", "FLOAT32"
 ALIAS_OPS = ("RESHAPE", "EXPAND_DIMS", "SQUEEZE")
 EDGE_OPS = ("QUANTIZE", "DEQUANTIZE")
-COMPUTE_OPS = ("CONV_2D", "FULLY_CONNECTED", "PAD", "PADV2", "TRANSPOSE")
+COMPUTE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D",
+               "MAX_POOL_2D", "ADD", "PAD", "PADV2", "TRANSPOSE")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Tensor:
     dtype: str
     scales: np.ndarray           # float32, empty when not quantized
     zero_points: np.ndarray      # int64
+    axis: int = 0                # the quantized dimension of per-channel scales
     data: np.ndarray | None = None
 
     @property
@@ -93,13 +96,11 @@ def _tensor(i: int, t, buffers, type_names) -> Tensor:
     q = t.quantization
     scales = np.asarray(q.scale if q is not None and q.scale is not None else [], np.float32)
     zps = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], np.int64)
-    if q is not None and scales.size > 1 and q.quantizedDimension != 0:
-        raise VstError(f"tflite: tensor {i} is quantized along axis {q.quantizedDimension}, "
-                       "the C generator supports axis 0 only")
     dtype = type_names.get(t.type, str(t.type))
     shape = tuple(int(s) for s in (t.shape if t.shape is not None else []))
     name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-    tensor = Tensor(i, name, shape, dtype, scales, zps)
+    axis = int(q.quantizedDimension) if q is not None and scales.size > 1 else 0
+    tensor = Tensor(i, name, shape, dtype, scales, zps, axis)
     buf = buffers[t.buffer] if t.buffer < len(buffers) else None
     if buf is not None and buf.data is not None and len(buf.data):
         np_type = {INT8: np.int8, INT32: np.int32, FLOAT32: np.float32}.get(dtype)
