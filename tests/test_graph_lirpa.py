@@ -118,3 +118,39 @@ def test_a_chain_without_new_operators_is_traced_as_it_is():
     net = L.Network((1, 6, 6), (C2(1, 2, 3), L.ReLU(), L.Flatten(), L.Linear(32, 2)))
     module = build_torch(net)
     assert twin.bounding_twin(module, net.input_shape) is module
+
+
+def test_crown_runs_in_chunks_on_the_cpu_with_the_bounds_of_one_call(monkeypatch):
+    """auto_LiRPA bounds the union of every sample's unstable neurons, so CROWN is
+    cheaper a few samples per call (bounds.CROWN_CHUNK); the bounds stay those of
+    one call on the whole batch (up to rounding), and train mode is never split."""
+    from toolchain.lirpa import bounds
+
+    module, bounder, x, y = _case("residual_dw")
+    calls = []
+    real = bounder._bounded.compute_bounds
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("x", (None,))[0].shape[0] if kwargs.get("x") else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bounder._bounded, "compute_bounds", counted)
+    with torch.no_grad():
+        monkeypatch.setattr(bounds, "CROWN_CHUNK", len(x))
+        whole, (lb_whole, ub_whole) = (bounder.margin_lower(x, y, EPS, "crown"),
+                                       bounder.logit_bounds(x, EPS, "crown"))
+        assert calls == [len(x), len(x)]
+        calls.clear()
+        monkeypatch.setattr(bounds, "CROWN_CHUNK", 1)
+        split, (lb_split, ub_split) = (bounder.margin_lower(x, y, EPS, "crown"),
+                                       bounder.logit_bounds(x, EPS, "crown"))
+        assert calls == [1] * (2 * len(x))
+        calls.clear()
+        bounder.margin_lower(x, y, EPS, "ibp")          # other methods: one call
+        assert calls == [len(x)]
+    for a, b in ((whole, split), (lb_whole, lb_split), (ub_whole, ub_split)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    calls.clear()
+    module.train()
+    bounder.margin_lower(x, y, EPS, "crown")
+    assert len(x) in calls                               # train mode: the batch's statistics
