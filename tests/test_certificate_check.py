@@ -192,7 +192,7 @@ FORGED = {   # exit 1
     "n edited": (bump("n", 1), "claims n="),
     "results emptied": (set_at(["results"], []), "results is empty"),
     "samples emptied": (empty_samples, "no samples"),
-    "one margin raised": (raise_one_margin, "is higher than the re-computed crown bound"),
+    "one margin raised": (raise_one_margin, "is higher than the re-computed"),
     "own margin not positive": (negative_own_margin, "its own margins are not all > 0"),
     "misclassified hidden as unknown": (hide_misclassified_as_unknown, "misclassifies it"),
     "verified relabelled pgd, no counterexample": (verified_to_pgd_without_counterexample,

@@ -41,8 +41,9 @@ def _eps_list(text: str | None) -> list[float] | None:
 @click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
 @click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all", "complete"]),
               default="crown", show_default=True,
-              help="all: IBP, CROWN, alpha-CROWN, then complete verification (MILP) of "
-                   "what is left; complete: that alone.")
+              help="crown: IBP, then CROWN on what IBP leaves open; all: IBP, CROWN, "
+                   "alpha-CROWN, then complete verification (MILP) of what is left; "
+                   "complete: that alone.")
 @click.option("--timeout", type=float,
               help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60; "
                    "with --certificate: the most one claim's re-proof may take, default 300).")
