@@ -135,13 +135,14 @@ def patch_floats(ops: list[FloatOp]) -> int:
     return max((PIX * op.weight.shape[1] for op in ops if op.kind == "conv"), default=0)
 
 
-# Weight density below which the CSR kernels beat the dense ones, measured on
-# cortex-m4 (the cnn_4layer shapes, random unstructured masks; CSR / dense
-# instructions): conv 0.74-0.60 at 30%, 0.96-0.99 at 50%, 1.10-1.13 at 60%;
-# fully connected 0.88 at 30%, 1.17 at 40%. The dense kernels multiply zero
-# weights like any other, so below these CSR is the faster layout as well as
-# the smaller one; "auto" storage takes CSR only where both hold.
-SPARSE_BELOW = {"conv": 0.5, "dense": 0.33}
+# Weight density below which the CSR kernels beat the dense ones in *cycles*:
+# benchmarks/csr_breakeven.py on the cortex-m4 cycle model (the same sweep as
+# int8_gen.SPARSE_BELOW): CSR / dense cycles cross 1 at 0.61 (conv; 0.84 at
+# 50%, 1.13 at 70%) and 0.46 (fully connected; 0.86 at 40%, 1.08 at 50%). The
+# dense kernels multiply zero weights like any other, so below these CSR is
+# the faster layout as well as the smaller one; "auto" storage takes CSR only
+# where both hold.
+SPARSE_BELOW = {"conv": 0.61, "dense": 0.46}
 
 
 def storages(ops: list[FloatOp], mode: str) -> dict[int, Storage]:

@@ -70,12 +70,15 @@ def folded_bias(op: QOp) -> np.ndarray:
     return bias
 
 
-# Weight density below which the CSR kernels beat the dense ones, measured with
-# benchmarks/mcu.py on cortex-m4 (default model): CSR was slower than the dense
-# SMLAD kernels at 33% (first conv, 4.71 vs 4.35 instructions per MAC) and 40%
-# (second conv, 2.18 vs 1.86); at 10% it was 3.4x (conv) and 3.9x (fc) faster.
+# Weight density below which the CSR kernels beat the dense ones in *cycles*:
+# benchmarks/csr_breakeven.py on the cortex-m4 cycle model (STM32L4R5, 120 MHz,
+# 5 flash wait states; the default model's conv 9->17 4x4/2 and FC 833->56 with
+# random unstructured masks, densities 0.1-0.7): CSR / dense cycles cross 1 at
+# 0.36 (conv; 0.86 at 30%, 1.10 at 40%) and 0.21 (fc: uint16 indices, one
+# loaded operand per MAC; 0.95 at 20%, 1.40 at 30%). See results/csr_breakeven.md;
+# tests/test_export_c_int8.py checks these equal the benchmark's figures.
 # "auto" storage takes CSR only below these densities (and where it is smaller).
-SPARSE_BELOW = {"conv": 0.3, "fc": 0.35}
+SPARSE_BELOW = {"conv": 0.36, "fc": 0.21}
 
 
 def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
