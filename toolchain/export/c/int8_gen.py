@@ -145,6 +145,7 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
                     weights_array(storage.index_ctype, f"{tag}_pos", storage.cols),
                     weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
         size += storage.bytes
+        sections += [("lane_mac", {})] if conv else []
         sections.append((f"{kind}_sparse", {"itype": itype}))
         fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
     if conv:
