@@ -383,8 +383,14 @@ def test_storage_choice_and_literals():
     m[0, 299], m[2, 5] = 1.0, -2.0
     s = Storage.of(m)
     assert s.kind == "sparse" and s.index_ctype == "uint16_t"        # column 299 > 255
+    assert s.row_ctype == "uint8_t"                                   # 2 nonzeros
     assert list(s.row_ptr) == [0, 1, 1, 2] and list(s.cols) == [299, 5]
-    assert s.sparse_bytes == 2 * 4 + (2 + 4) * 2
+    assert s.sparse_bytes == 2 * 4 + 2 * 2 + 4 * 1
+    wide = np.zeros((2, 200), np.float32)
+    wide[:, :150] = 1.0                                               # 300 nonzeros
+    w = Storage.of(wide, "sparse")
+    assert (w.index_ctype, w.row_ctype) == ("uint8_t", "uint16_t") and w.types == "uint8_uint16"
+    assert w.sparse_bytes == 300 * (4 + 1) + 3 * 2
     assert Storage.of(np.ones((2, 2), np.float32)).kind == "dense"
     for v in (0.1, -3.4028235e38, 1e-45, 0.0, 123456.7, 2.0 ** -20):
         text = float_literal(v)

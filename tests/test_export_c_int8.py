@@ -219,7 +219,7 @@ def test_every_generated_file_compiles_for_cortex_m(models, cpu, storage, tmp_pa
     network, state, path, x = models["conv1d"]
     files = generate_c(network, state, tmp_path / "c", tflite_int8=path, golden_x=x[:4],
                        storage=storage, kernels=ARM_KERNELS[cpu])["files"]
-    kernel = f"vst_conv_{ARM_KERNELS[cpu]}(" if storage == "dense" else "vst_conv_sparse_uint8("
+    kernel = f"vst_conv_{ARM_KERNELS[cpu]}(" if storage == "dense" else "vst_conv_sparse_uint8_u"
     assert kernel in files["int8_c"].read_text()
     (tmp_path / "selftest.c").write_text(GOLDEN_HARNESS)
     sources = [files["c"], files["int8_c"], files["model_data_c"], tmp_path / "selftest.c"]

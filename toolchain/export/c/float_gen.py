@@ -53,14 +53,14 @@ def _weights(op: FloatOp, tag: str, storage: Storage) -> tuple[list[str], list[s
     if storage.kind == "dense":
         defs = [weights_array("float", f"{tag}_w", storage.matrix)]
         return defs, [("conv_dense" if conv else "dense_dense", {})], f"{tag}_w", storage.bytes
-    itype = storage.index_ctype[:-2]
     defs = [weights_array("float", f"{tag}_val", storage.values),
             weights_array(storage.index_ctype, f"{tag}_col", storage.cols),
-            weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
-    section = ("conv_sparse" if conv else "dense_sparse", {"itype": itype})
+            weights_array(storage.row_ctype, f"{tag}_row", storage.row_ptr)]
+    section = ("conv_sparse" if conv else "dense_sparse",
+               {"itype": storage.index_ctype[:-2], "rtype": storage.row_ctype[:-2]})
     size = (array_bytes(storage.values, "float")
             + array_bytes(storage.cols, storage.index_ctype)
-            + array_bytes(storage.row_ptr, storage.index_ctype))
+            + array_bytes(storage.row_ptr, storage.row_ctype))
     return defs, [section], f"{tag}_val, {tag}_col, {tag}_row", size
 
 
@@ -75,7 +75,7 @@ def _weighted(op: FloatOp, storage: Storage) -> tuple[list[str], list, str, int]
     defs, sections, args, size = _weights(op, tag, storage)
     defs.append(weights_array("float", f"{tag}_b", op.bias))
     size += array_bytes(op.bias, "float")
-    suffix = "dense" if storage.kind == "dense" else f"sparse_{storage.index_ctype[:-2]}"
+    suffix = "dense" if storage.kind == "dense" else f"sparse_{storage.types}"
     tail = f"{tag}_b, {int(op.relu)}, {op.src}, {op.dst}"
     sections.insert(0, ("mac", {}))
     if op.kind == "conv":

@@ -141,14 +141,14 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
         sections.append((f"{kind}_{family}", {}))
         fn, args = f"vst_{kind}_{family}", f"{tag}_w"
     else:
-        itype = storage.index_ctype[:-2]
         defs[:0] = [weights_array("int8_t", f"{tag}_val", storage.values),
                     weights_array(storage.index_ctype, f"{tag}_pos", storage.cols),
-                    weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
+                    weights_array(storage.row_ctype, f"{tag}_row", storage.row_ptr)]
         size += storage.bytes
         sections += [("lane_mac", {})] if conv else []
-        sections.append((f"{kind}_sparse", {"itype": itype}))
-        fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
+        sections.append((f"{kind}_sparse", {"itype": storage.index_ctype[:-2],
+                                            "rtype": storage.row_ctype[:-2]}))
+        fn, args = f"vst_{kind}_sparse_{storage.types}", f"{tag}_val, {tag}_pos, {tag}_row"
     if conv:
         defs.insert(0, f"static const vst_conv_geom {tag}_geom = "
                        f"{{{', '.join(str(v) for v in op.geom.fields())}}};")
