@@ -137,12 +137,12 @@ def patch_floats(ops: list[FloatOp]) -> int:
 
 # Weight density below which the CSR kernels beat the dense ones in *cycles*:
 # benchmarks/csr_breakeven.py on the cortex-m4 cycle model (the same sweep as
-# int8_gen.SPARSE_BELOW): CSR / dense cycles cross 1 at 0.61 (conv; 0.84 at
-# 50%, 1.13 at 70%) and 0.46 (fully connected; 0.86 at 40%, 1.08 at 50%). The
+# int8_gen.SPARSE_BELOW): CSR / dense cycles cross 1 at 0.62 (conv; 0.97 at
+# 60%, 1.11 at 70%) and 0.46 (fully connected; 0.86 at 40%, 1.08 at 50%). The
 # dense kernels multiply zero weights like any other, so below these CSR is
 # the faster layout as well as the smaller one; "auto" storage takes CSR only
 # where both hold.
-SPARSE_BELOW = {"conv": 0.61, "dense": 0.46}
+SPARSE_BELOW = {"conv": 0.62, "dense": 0.46}
 
 
 def storages(ops: list[FloatOp], mode: str) -> dict[int, Storage]:

@@ -74,12 +74,11 @@ def folded_bias(op: QOp) -> np.ndarray:
 # benchmarks/csr_breakeven.py on the cortex-m4 cycle model (STM32L4R5, 120 MHz,
 # 5 flash wait states; the default model's conv 9->17 4x4/2 and FC 833->56 with
 # random unstructured masks, densities 0.1-0.7): CSR / dense cycles cross 1 at
-# 0.46 (conv; 0.90 at 40%, 1.07 at 50%) and 0.21 (fc: uint16 indices, one
+# 0.48 (conv; 0.87 at 40%, 1.02 at 50%) and 0.21 (fc: uint16 columns, one
 # loaded operand per MAC; 0.95 at 20%, 1.40 at 30%). See results/csr_breakeven.md;
 # tests/test_export_c_int8.py checks these equal the benchmark's figures.
-# "auto" storage takes CSR only below these densities and where it is smaller
-# (with uint16 indices CSR takes 3 bytes per nonzero: smaller below 1/3).
-SPARSE_BELOW = {"conv": 0.46, "fc": 0.21}
+# "auto" storage takes CSR only below these densities and where it is smaller.
+SPARSE_BELOW = {"conv": 0.48, "fc": 0.21}
 
 
 def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
