@@ -16,6 +16,10 @@ cycles, the firmware's ``VST ticks``/``VST marks`` lines are cycles per
 inference and per operator. ``cycle_numbers`` turns them into the bench keys:
 cycles, cycles per MAC, milliseconds at the target's clock and microjoules
 (I x V x t), with the model's exact instruction count beside them.
+With ``run_model(..., profile=True)`` each operator row also gets its
+``breakdown``: the cycles by cause (instruction class, ``branch_refill``,
+``fetch_wait``, ``data_wait``) between its counter reads, where
+``benchmarks/cycles.py`` looks for what a kernel spends its cycles on.
 
 >>> em = run_model("build/bench/cortex-m4/int8/firmware.elf", load_target("cortex-m4"))  # doctest: +SKIP
 >>> numbers = model_firmware(em, parse_output(em.text), load_target("cortex-m4"))  # doctest: +SKIP

@@ -16,7 +16,9 @@ the instructions before it (a per-address prefix).
 
 SysTick counts *cycles* of the model: the firmware's own ``VST ticks`` and
 ``VST marks`` lines become cycles per inference and per operator, parsed by
-``toolchain.bench`` as QEMU's are. The wrap interrupt is modelled by its
+``toolchain.bench`` as QEMU's are. With ``profile`` each counter read also
+snapshots the cycles so far by cause (``Machine.snapshot``; the block holding
+the read counts whole, a few cycles off at each end). The wrap interrupt is modelled by its
 effect (``vst_wraps`` += 1, found by symbol); its ~12 cycles are not charged.
 """
 
