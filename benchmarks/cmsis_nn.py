@@ -245,11 +245,14 @@ def _layer_rows(ops: list[QOp]) -> list[dict]:
 
 
 def run_cmsis_nn(tflite_int8_path, q_inputs: np.ndarray, target_name: str, work_dir,
-                 expected: np.ndarray | None = None, timeout: float = 120) -> dict | None:
+                 expected: np.ndarray | None = None, timeout: float = 120,
+                 cycles: bool = False, profile: bool = False) -> dict | None:
     """Run the model's layers through CMSIS-NN on the target's QEMU machine.
 
     ``q_inputs`` (N, input size) int8 in the .tflite input layout; ``expected``
     (N, output size) int8, default: the TFLite Micro interpreter's outputs.
+    ``cycles``: also run the same ELF on the cycle model (``toolchain.cycles``;
+    ``profile``: with each layer's cycles by cause), under ``"cycles"``.
     None (with a printed line) when the CMSIS-NN sources are absent."""
     cmsis = cmsis_nn_dir()
     if not (cmsis / "Include" / "arm_nnfunctions.h").is_file():
@@ -286,7 +289,21 @@ def run_cmsis_nn(tflite_int8_path, q_inputs: np.ndarray, target_name: str, work_
         # the probe's static RAM plus the peak stack painted during the benchmark's inferences
         "probe_ram_bytes": probe_sizes.static_ram + max(run.stack, default=0),
         "golden_count": len(q_inputs), "elf": str(elf),
+        "cycles": cycle_numbers(elf, target, _layer_rows(ops), profile) if cycles else None,
     }
+
+
+def cycle_numbers(elf, target: Target, rows: list[dict], profile: bool = False) -> dict:
+    """The cycle model's numbers of a self-test or harness ELF (``model_firmware``),
+    with cycles per MAC over ``rows`` (each layer's ``macs``)."""
+    from toolchain.bench import parse_output
+    from toolchain.cycles import model_firmware, run_model
+
+    em = run_model(elf, target, profile=profile)
+    numbers = model_firmware(em, parse_output(em.text), target, rows)
+    macs = sum(r.get("macs") or 0 for r in rows)
+    numbers["cycles_per_mac"] = numbers["cycles_per_inference"] / macs if macs else None
+    return numbers
 
 
 def read_golden_inputs(header) -> tuple[np.ndarray, np.ndarray]:

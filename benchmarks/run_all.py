@@ -21,6 +21,8 @@ BENCHMARKS = (
     ("verify_speed.py",),
     ("verify_complete.py",),
     ("mcu.py",),
+    ("csr_breakeven.py",),
+    ("mlperf_tiny.py",),
     ("sensor_sets.py",),
 )
 

@@ -190,3 +190,51 @@ def test_every_shipped_cortex_target_has_a_clock_and_table():
             assert load_table(core_of(target)).cost["load"] >= 1
     with pytest.raises(VstError, match="no cycle table"):
         load_table("cortex-z9")
+
+
+def test_profile_splits_the_cycles_by_cause(tmp_path):
+    """``run_model(profile=True)``: the inference's cycles by cause follow the
+    table. 200 more iterations of nop + subs + taken bne add exactly 200 x 2 ALU
+    cycles, 200 branch cycles and 200 x P of branch refill, and nothing else;
+    the causes add up to the inference's cycles (the counter-read blocks are
+    counted whole, so within a few cycles)."""
+    from toolchain.bench import parse_output
+    from toolchain.cycles import model_firmware
+
+    require_tools(*ARM_TOOLS)
+    target = load_target("cortex-m4")
+    parts = {}
+    for n in (100, 300):
+        c_dir = tmp_path / f"c{n}"
+        write_body_model(c_dir, f"#define N_ITER {n}u\n" + _asm_loop("nop"))
+        fw = build_firmware(c_dir, "m", target, tmp_path / f"fw{n}", variant="float")
+        em = run_model(fw.elf, target, profile=True)
+        numbers = model_firmware(em, parse_output(em.text), target)
+        parts[n] = numbers["breakdown"]
+        assert abs(sum(parts[n].values()) - numbers["cycles_per_inference"]) <= 16
+    diff = {k: parts[300].get(k, 0) - parts[100].get(k, 0) for k in parts[300] | parts[100]}
+    assert {k: v for k, v in diff.items() if v} == {
+        "alu": 200 * 2 * C["alu"], "branch": 200 * C["branch"],
+        "branch_refill": 200 * M4.branch_refill}
+
+
+def test_profile_counts_flash_waits_only_with_wait_states(tmp_path):
+    """Data and fetch wait states appear in the profile on a part with wait
+    states and vanish without a [clock]; the instruction classes do not change."""
+    from toolchain.bench import parse_output
+    from toolchain.cycles import model_firmware
+
+    require_tools(*ARM_TOOLS)
+    c_dir = tmp_path / "c"
+    write_tiny_model(c_dir)
+    target = load_target("cortex-m3")
+    fw = build_firmware(c_dir, "tiny", target, tmp_path / "fw", variant="int8")
+    out = {}
+    for label, tgt in (("slow", target), ("fast", dataclasses.replace(target, clock=None))):
+        em = run_model(fw.elf, tgt, profile=True)
+        out[label] = model_firmware(em, parse_output(em.text), tgt)["breakdown"]
+    waits = ("data_wait", "fetch_wait")
+    assert sum(out["slow"].get(k, 0) for k in waits) > 0
+    assert not any(k in out["fast"] for k in waits)
+    assert ({k: v for k, v in out["slow"].items() if k not in waits}
+            == {k: v for k, v in out["fast"].items() if k not in waits})

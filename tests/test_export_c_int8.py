@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,7 +219,7 @@ def test_every_generated_file_compiles_for_cortex_m(models, cpu, storage, tmp_pa
     network, state, path, x = models["conv1d"]
     files = generate_c(network, state, tmp_path / "c", tflite_int8=path, golden_x=x[:4],
                        storage=storage, kernels=ARM_KERNELS[cpu])["files"]
-    kernel = f"vst_conv_{ARM_KERNELS[cpu]}(" if storage == "dense" else "vst_conv_sparse_uint8("
+    kernel = f"vst_conv_{ARM_KERNELS[cpu]}(" if storage == "dense" else "vst_conv_sparse_uint8_u"
     assert kernel in files["int8_c"].read_text()
     (tmp_path / "selftest.c").write_text(GOLDEN_HARNESS)
     sources = [files["c"], files["int8_c"], files["model_data_c"], tmp_path / "selftest.c"]
@@ -388,9 +389,28 @@ def test_auto_storage_takes_csr_only_where_it_is_smaller_and_faster():
     assert Storage.of(matrix, "auto").kind == "sparse"
     assert Storage.of(matrix, "auto", sparse_below=0.2).kind == "dense"
     assert Storage.of(matrix, "sparse", sparse_below=0.2).kind == "sparse"
-    assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "sparse"
-    matrix[:, :24] = 1                                   # density 0.375: dense kernels win
-    assert Storage.of(matrix, "auto", sparse_below=SPARSE_BELOW["conv"]).kind == "dense"
+    for kind, limit in SPARSE_BELOW.items():             # the measured break-even decides
+        for cols, expect in ((int(64 * limit) - 1, "sparse"), (int(64 * limit) + 1, "dense")):
+            matrix = np.zeros((8, 64), np.int8)
+            matrix[:, :cols] = 1
+            assert Storage.of(matrix, "auto", sparse_below=limit).kind == expect, (kind, cols)
+
+
+def test_break_even_densities_are_the_benchmarks_cycles():
+    """SPARSE_BELOW (int8 and float) are the break-even densities that
+    benchmarks/csr_breakeven.py measured in cycles on cortex-m4, to two digits."""
+    import json
+
+    from toolchain.export.c import float_gen, int8_gen
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks/results/csr_breakeven.json"
+    measured = json.loads(results.read_text())
+    assert measured["target"] == "cortex-m4"
+    even = measured["break_even"]
+    assert int8_gen.SPARSE_BELOW == {"conv": round(even["int8_conv"], 2),
+                                     "fc": round(even["int8_fc"], 2)}
+    assert float_gen.SPARSE_BELOW == {"conv": round(even["float_conv"], 2),
+                                      "dense": round(even["float_fc"], 2)}
 
 
 def _tflite_requantize(acc: int, mult: int, shift: int, offset: int, lo: int, hi: int) -> int:

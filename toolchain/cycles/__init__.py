@@ -16,6 +16,10 @@ cycles, the firmware's ``VST ticks``/``VST marks`` lines are cycles per
 inference and per operator. ``cycle_numbers`` turns them into the bench keys:
 cycles, cycles per MAC, milliseconds at the target's clock and microjoules
 (I x V x t), with the model's exact instruction count beside them.
+With ``run_model(..., profile=True)`` each operator row also gets its
+``breakdown``: the cycles by cause (instruction class, ``branch_refill``,
+``fetch_wait``, ``data_wait``) between its counter reads, where
+``benchmarks/cycles.py`` looks for what a kernel spends its cycles on.
 
 >>> em = run_model("build/bench/cortex-m4/int8/firmware.elf", load_target("cortex-m4"))  # doctest: +SKIP
 >>> numbers = model_firmware(em, parse_output(em.text), load_target("cortex-m4"))  # doctest: +SKIP
@@ -52,8 +56,10 @@ def flash_model(target):
                       max(1, clock.dcache_bytes // line))
 
 
-def run_model(elf, target, *, max_instructions: int = MAX_INSTRUCTIONS):
-    """Run an ELF on the target's core model; ``emulate.Emulation``."""
+def run_model(elf, target, *, max_instructions: int = MAX_INSTRUCTIONS, profile: bool = False):
+    """Run an ELF on the target's core model; ``emulate.Emulation``.
+    ``profile``: also record the cycles by cause at each counter read (slower),
+    which ``model_firmware`` turns into each operator's ``breakdown``."""
     from toolchain.cycles.emulate import Machine
     from toolchain.cycles.table import load_table
 
@@ -61,22 +67,31 @@ def run_model(elf, target, *, max_instructions: int = MAX_INSTRUCTIONS):
         raise VstError(f"target {target.name}: the cycle model runs Cortex-M firmware only")
     core = core_of(target)
     memory = (target.flash_origin, target.flash_size, target.ram_origin, target.ram_size)
-    return Machine(elf, memory, load_table(core), flash_model(target), core).run(max_instructions)
+    return Machine(elf, memory, load_table(core), flash_model(target), core,
+                   profile=profile).run(max_instructions)
 
 
-def _instructions(reads: list[tuple[int, int]], ticks: int, marks: list[int],
-                  used: set) -> tuple[int, list[int]] | None:
-    """The instructions between the counter reads whose cycles the firmware
-    printed (start + ticks, start + each mark): (inference, per mark end)."""
-    at = {c: i for c, i in reads}
-    for start, first in reads:
+def _matching_reads(reads: list[tuple[int, int]], ticks: int, marks: list[int],
+                    used: set) -> list[int] | None:
+    """The indices of the counter reads whose cycles the firmware printed: the
+    start, then start + each mark, then start + ticks."""
+    at = {c: k for k, (c, _) in enumerate(reads)}
+    for k, (start, _) in enumerate(reads):
         if start in used:
             continue
         ends = [start + m for m in marks] + [start + ticks]
         if all(e in at for e in ends):
             used.add(start)
-            return at[start + ticks] - first, [at[e] - first for e in ends[:-1]]
+            return [k] + [at[e] for e in ends]
     return None
+
+
+def breakdown(snapshots: list[dict], first: int, last: int) -> dict[str, int]:
+    """The cycles by cause between two profiled counter reads: instruction
+    classes, ``branch_refill``, ``fetch_wait`` and ``data_wait`` (largest first)."""
+    a, b = snapshots[first], snapshots[last]
+    out = {key: round(b[key] - a.get(key, 0.0)) for key in b}
+    return dict(sorted(((k, v) for k, v in out.items() if v), key=lambda kv: -kv[1]))
 
 
 def model_firmware(em, run, target, ops: list[dict] | None = None) -> dict:
@@ -84,13 +99,13 @@ def model_firmware(em, run, target, ops: list[dict] | None = None) -> dict:
     ``em`` its ``run_model`` emulation, ``run`` what it printed (``bench.parse_output``)."""
     if em.status != 0:
         raise VstError(f"cycle model: firmware exited with status {em.status}")
-    used, counts = set(), []
+    used, counts, found = set(), [], []
     for k, ticks in enumerate(run.ticks):
         marks = run.marks[k] if k < len(run.marks) else []
-        found = _instructions(em.reads, ticks, marks, used)
+        found = _matching_reads(em.reads, ticks, marks, used)
         if found is None:
             raise VstError("cycle model: the firmware's counter lines match no counter reads")
-        counts.append(found[0])
+        counts.append(em.reads[found[-1]][1] - em.reads[found[0]][1])
     cycles = float(np.mean(run.ticks)) if run.ticks else 0.0
     result = {"cycles_per_inference": round(cycles),
               "cycles_per_inference_max": max(run.ticks, default=0),
@@ -102,6 +117,13 @@ def model_firmware(em, run, target, ops: list[dict] | None = None) -> dict:
                               "instructions_run": em.instructions, "cycles_run": em.cycles,
                               "part": target.clock.part if target.clock else None,
                               "mhz": target.clock.mhz if target.clock else None}}
+    for k, row in enumerate(result["layers"]):
+        if found and k + 2 < len(found):     # the last inference's, between its marks
+            row["instructions_model"] = em.reads[found[k + 1]][1] - em.reads[found[k]][1]
+            if em.snapshots:
+                row["breakdown"] = breakdown(em.snapshots, found[k], found[k + 1])
+    if em.snapshots and found:
+        result["breakdown"] = breakdown(em.snapshots, found[0], found[-1])
     return result
 
 

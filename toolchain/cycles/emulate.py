@@ -16,7 +16,9 @@ the instructions before it (a per-address prefix).
 
 SysTick counts *cycles* of the model: the firmware's own ``VST ticks`` and
 ``VST marks`` lines become cycles per inference and per operator, parsed by
-``toolchain.bench`` as QEMU's are. The wrap interrupt is modelled by its
+``toolchain.bench`` as QEMU's are. With ``profile`` each counter read also
+snapshots the cycles so far by cause (``Machine.snapshot``; the block holding
+the read counts whole, a few cycles off at each end). The wrap interrupt is modelled by its
 effect (``vst_wraps`` += 1, found by symbol); its ~12 cycles are not charged.
 """
 
@@ -78,6 +80,8 @@ class Block:
     cycles: float
     insns: int
     prefix: dict = field(default_factory=dict)   # address -> (cycles, insns) before it
+    classes: dict = field(default_factory=dict)  # instruction class -> static cycles
+    runs: int = 0
 
 
 @dataclass
@@ -90,11 +94,13 @@ class Emulation:
     instructions: int
     seconds: float
     reads: list = field(default_factory=list)   # (cycles, instructions) at each SysTick CVR read
+    # with ``profile``: at each CVR read, the cycles so far by cause (``Machine.snapshot``)
+    snapshots: list = field(default_factory=list)
 
 
 class Machine:
     def __init__(self, elf_path, memory: tuple[int, int, int, int], table: CoreTable,
-                 flash: FlashModel, core: str):
+                 flash: FlashModel, core: str, profile: bool = False):
         from unicorn import UC_ARCH_ARM, UC_MODE_MCLASS, UC_MODE_THUMB, Uc, arm_const
 
         self.table, self.flash = table, flash
@@ -112,6 +118,8 @@ class Machine:
         self.out: list[str] = []
         self.status = None
         self.reads: list[tuple[int, int]] = []
+        self.profile, self.snapshots = profile, []
+        self.stalls = {"branch_refill": 0.0, "fetch_wait": 0.0, "data_wait": 0.0}
         self.syst = {SYST_CSR: 0, SYST_RVR: 0, "base": 0.0, "next_wrap": float("inf")}
         self.cpacr = 0
 
@@ -124,8 +132,20 @@ class Machine:
         block, acc = Block(sum(costs), len(insns)), 0.0
         for k, (insn, cost) in enumerate(zip(insns, costs)):
             block.prefix[insn.address] = (acc, k)
+            block.classes[insn.cls] = block.classes.get(insn.cls, 0.0) + cost
             acc += cost
         return block
+
+    def snapshot(self) -> dict[str, float]:
+        """Cycles so far by cause: each instruction class's static cycles (blocks
+        entered so far, the current one whole), taken-branch refills, and flash
+        wait states of branch-target fetches and of data reads."""
+        out = dict(self.stalls)
+        for block in self.blocks.values():
+            if block.runs:
+                for cls, cycles in block.classes.items():
+                    out[cls] = out.get(cls, 0.0) + cycles * block.runs
+        return out
 
     def _on_block(self, uc, address, size, _):
         key = (address, size)
@@ -133,8 +153,12 @@ class Machine:
         if block is None:
             block = self.blocks[key] = self._block(address, size)
         if address != self.expect and self.expect != -1:
-            self.cycles += self.table.branch_refill + self.flash.fetch(address)
+            fetch = self.flash.fetch(address)
+            self.cycles += self.table.branch_refill + fetch
+            self.stalls["branch_refill"] += self.table.branch_refill
+            self.stalls["fetch_wait"] += fetch
         self.expect = address + size
+        block.runs += 1
         self.block_start = (self.cycles, self.insns, block)
         self.cycles += block.cycles
         self.insns += block.insns
@@ -142,7 +166,9 @@ class Machine:
             self._wrap()
 
     def _on_flash_read(self, uc, access, address, size, value, _):
-        self.cycles += self.flash.read(address)
+        wait = self.flash.read(address)
+        self.cycles += wait
+        self.stalls["data_wait"] += wait
 
     def _now(self) -> tuple[float, int]:
         """(cycles, instructions) before the instruction at PC, mid-block."""
@@ -177,6 +203,8 @@ class Machine:
         if offset == SYST_CVR:
             now = self._now()
             self.reads.append((int(now[0]), now[1]))
+            if self.profile:
+                self.snapshots.append(self.snapshot())
             return self._cvr()
         if offset in (SYST_CSR, SYST_RVR):
             return self.syst[offset]
@@ -247,7 +275,7 @@ class Machine:
                                "instructions without exiting")
         return Emulation(text="".join(self.out), status=self.status, cycles=round(self.cycles),
                          instructions=self.insns, seconds=time.perf_counter() - start,
-                         reads=self.reads)
+                         reads=self.reads, snapshots=self.snapshots)
 
 
 def _c_string(uc, address: int, limit: int = 4096) -> str:

@@ -3,14 +3,16 @@
 A weight matrix has one row per output channel (neuron) and one column per
 input it reads. Stored *dense* it is ``rows * cols`` values; stored *sparse*
 (CSR) it is the nonzero values, their column indices and ``rows + 1`` row
-pointers, both index arrays in the smallest unsigned type that holds every
-index (uint8, uint16 or uint32). The cheaper one (in bytes) is used.
+pointers, each index array in the smallest unsigned type that holds its
+indices (uint8, uint16 or uint32: the columns by the column count, the row
+pointers by the nonzero count, so a 144-tap conv with 750 nonzeros keeps
+one-byte columns). The cheaper one (in bytes) is used.
 
 Tiny example (a 2x4 float matrix with 2 nonzeros)::
 
     [[0, 1.5, 0, 0],        dense:  8 * 4 bytes = 32
      [0, 0,   0, -2]]       sparse: values [1.5, -2] (8), cols [1, 3] (2 bytes,
-                                    uint8), row_ptr [0, 1, 2] (3) = 13
+                                    uint8), row_ptr [0, 1, 2] (3, uint8) = 13
 
 >>> Storage.of(np.array([[0, 1.5, 0, 0], [0, 0, 0, -2]], np.float32)).kind
 'sparse'
@@ -49,8 +51,10 @@ class Storage:
     row_ptr: np.ndarray          # CSR row pointers (rows + 1)
     cols: np.ndarray             # CSR column index of each nonzero
     values: np.ndarray           # CSR nonzero values, row by row
-    index_ctype: str
+    index_ctype: str             # of the column indices
     index_bytes: int
+    row_ctype: str               # of the row pointers
+    row_bytes: int
 
     @classmethod
     def of(cls, matrix: np.ndarray, mode: str = "auto", sparse_below: float = 1.0) -> "Storage":
@@ -63,13 +67,14 @@ class Storage:
         mask = matrix != 0
         row_ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int64)
         cols = np.nonzero(mask)[1].astype(np.int64)
-        ctype, size = index_type(max(int(row_ptr[-1]), cols_n - 1, 0))
-        probe = cls("dense", matrix, row_ptr, cols, matrix[mask], ctype, size)
+        ctype, size = index_type(max(cols_n - 1, 0))
+        rtype, rsize = index_type(int(row_ptr[-1]))
+        probe = cls("dense", matrix, row_ptr, cols, matrix[mask], ctype, size, rtype, rsize)
         density = probe.nnz / max(matrix.size, 1)
         kind = mode if mode != "auto" else (
             "sparse" if probe.sparse_bytes < probe.dense_bytes and density < sparse_below
             else "dense")
-        return cls(kind, matrix, row_ptr, cols, matrix[mask], ctype, size)
+        return cls(kind, matrix, row_ptr, cols, matrix[mask], ctype, size, rtype, rsize)
 
     @property
     def nnz(self) -> int:
@@ -81,7 +86,8 @@ class Storage:
 
     @property
     def sparse_bytes(self) -> int:
-        return self.nnz * self.matrix.itemsize + (self.nnz + len(self.row_ptr)) * self.index_bytes
+        return (self.nnz * (self.matrix.itemsize + self.index_bytes)
+                + len(self.row_ptr) * self.row_bytes)
 
     @property
     def bytes(self) -> int:
@@ -92,13 +98,20 @@ class Storage:
         rows, cols = self.matrix.shape
         if self.kind == "dense":
             return f"{rows}x{cols} weights, dense"
-        return f"{rows}x{cols} weights, sparse: {self.nnz} nonzero, {self.index_ctype} indices"
+        return (f"{rows}x{cols} weights, sparse: {self.nnz} nonzero, {self.index_ctype} "
+                f"columns, {self.row_ctype} row pointers")
 
     def table_row(self, layer: str) -> dict:
         """One row of the per-layer storage table that ``generate_c`` returns."""
         return {"layer": layer, "storage": self.kind, "shape": list(self.matrix.shape),
                 "nnz": self.nnz, "dense_bytes": self.dense_bytes,
-                "sparse_bytes": self.sparse_bytes, "index_type": self.index_ctype}
+                "sparse_bytes": self.sparse_bytes, "index_type": self.index_ctype,
+                "row_index_type": self.row_ctype}
+
+    @property
+    def types(self) -> str:
+        """The C name suffix of the CSR kernel for these index types: ``uint8_uint16``."""
+        return f"{self.index_ctype[:-2]}_{self.row_ctype[:-2]}"
 
 
 def float_literal(value: float) -> str:

@@ -53,14 +53,14 @@ def _weights(op: FloatOp, tag: str, storage: Storage) -> tuple[list[str], list[s
     if storage.kind == "dense":
         defs = [weights_array("float", f"{tag}_w", storage.matrix)]
         return defs, [("conv_dense" if conv else "dense_dense", {})], f"{tag}_w", storage.bytes
-    itype = storage.index_ctype[:-2]
     defs = [weights_array("float", f"{tag}_val", storage.values),
             weights_array(storage.index_ctype, f"{tag}_col", storage.cols),
-            weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
-    section = ("conv_sparse" if conv else "dense_sparse", {"itype": itype})
+            weights_array(storage.row_ctype, f"{tag}_row", storage.row_ptr)]
+    section = ("conv_sparse" if conv else "dense_sparse",
+               {"itype": storage.index_ctype[:-2], "rtype": storage.row_ctype[:-2]})
     size = (array_bytes(storage.values, "float")
             + array_bytes(storage.cols, storage.index_ctype)
-            + array_bytes(storage.row_ptr, storage.index_ctype))
+            + array_bytes(storage.row_ptr, storage.row_ctype))
     return defs, [section], f"{tag}_val, {tag}_col, {tag}_row", size
 
 
@@ -75,7 +75,7 @@ def _weighted(op: FloatOp, storage: Storage) -> tuple[list[str], list, str, int]
     defs, sections, args, size = _weights(op, tag, storage)
     defs.append(weights_array("float", f"{tag}_b", op.bias))
     size += array_bytes(op.bias, "float")
-    suffix = "dense" if storage.kind == "dense" else f"sparse_{storage.index_ctype[:-2]}"
+    suffix = "dense" if storage.kind == "dense" else f"sparse_{storage.types}"
     tail = f"{tag}_b, {int(op.relu)}, {op.src}, {op.dst}"
     sections.insert(0, ("mac", {}))
     if op.kind == "conv":
@@ -135,13 +135,14 @@ def patch_floats(ops: list[FloatOp]) -> int:
     return max((PIX * op.weight.shape[1] for op in ops if op.kind == "conv"), default=0)
 
 
-# Weight density below which the CSR kernels beat the dense ones, measured on
-# cortex-m4 (the cnn_4layer shapes, random unstructured masks; CSR / dense
-# instructions): conv 0.74-0.60 at 30%, 0.96-0.99 at 50%, 1.10-1.13 at 60%;
-# fully connected 0.88 at 30%, 1.17 at 40%. The dense kernels multiply zero
-# weights like any other, so below these CSR is the faster layout as well as
-# the smaller one; "auto" storage takes CSR only where both hold.
-SPARSE_BELOW = {"conv": 0.5, "dense": 0.33}
+# Weight density below which the CSR kernels beat the dense ones in *cycles*:
+# benchmarks/csr_breakeven.py on the cortex-m4 cycle model (the same sweep as
+# int8_gen.SPARSE_BELOW): CSR / dense cycles cross 1 at 0.62 (conv; 0.97 at
+# 60%, 1.11 at 70%) and 0.46 (fully connected; 0.86 at 40%, 1.08 at 50%). The
+# dense kernels multiply zero weights like any other, so below these CSR is
+# the faster layout as well as the smaller one; "auto" storage takes CSR only
+# where both hold.
+SPARSE_BELOW = {"conv": 0.62, "dense": 0.46}
 
 
 def storages(ops: list[FloatOp], mode: str) -> dict[int, Storage]:

@@ -70,12 +70,15 @@ def folded_bias(op: QOp) -> np.ndarray:
     return bias
 
 
-# Weight density below which the CSR kernels beat the dense ones, measured with
-# benchmarks/mcu.py on cortex-m4 (default model): CSR was slower than the dense
-# SMLAD kernels at 33% (first conv, 4.71 vs 4.35 instructions per MAC) and 40%
-# (second conv, 2.18 vs 1.86); at 10% it was 3.4x (conv) and 3.9x (fc) faster.
-# "auto" storage takes CSR only below these densities (and where it is smaller).
-SPARSE_BELOW = {"conv": 0.3, "fc": 0.35}
+# Weight density below which the CSR kernels beat the dense ones in *cycles*:
+# benchmarks/csr_breakeven.py on the cortex-m4 cycle model (STM32L4R5, 120 MHz,
+# 5 flash wait states; the default model's conv 9->17 4x4/2 and FC 833->56 with
+# random unstructured masks, densities 0.1-0.7): CSR / dense cycles cross 1 at
+# 0.48 (conv; 0.87 at 40%, 1.02 at 50%) and 0.21 (fc: uint16 columns, one
+# loaded operand per MAC; 0.95 at 20%, 1.40 at 30%). See results/csr_breakeven.md;
+# tests/test_export_c_int8.py checks these equal the benchmark's figures.
+# "auto" storage takes CSR only below these densities and where it is smaller.
+SPARSE_BELOW = {"conv": 0.48, "fc": 0.21}
 
 
 def storages(ops: list[QOp], mode: str) -> dict[int, Storage]:
@@ -137,13 +140,14 @@ def _weighted(op: QOp, storage: Storage, tag: str, family: str) -> tuple[list, l
         sections.append((f"{kind}_{family}", {}))
         fn, args = f"vst_{kind}_{family}", f"{tag}_w"
     else:
-        itype = storage.index_ctype[:-2]
         defs[:0] = [weights_array("int8_t", f"{tag}_val", storage.values),
                     weights_array(storage.index_ctype, f"{tag}_pos", storage.cols),
-                    weights_array(storage.index_ctype, f"{tag}_row", storage.row_ptr)]
+                    weights_array(storage.row_ctype, f"{tag}_row", storage.row_ptr)]
         size += storage.bytes
-        sections.append((f"{kind}_sparse", {"itype": itype}))
-        fn, args = f"vst_{kind}_sparse_{itype}", f"{tag}_val, {tag}_pos, {tag}_row"
+        sections += [("lane_mac", {})] if conv else []
+        sections.append((f"{kind}_sparse", {"itype": storage.index_ctype[:-2],
+                                            "rtype": storage.row_ctype[:-2]}))
+        fn, args = f"vst_{kind}_sparse_{storage.types}", f"{tag}_val, {tag}_pos, {tag}_row"
     if conv:
         defs.insert(0, f"static const vst_conv_geom {tag}_geom = "
                        f"{{{', '.join(str(v) for v in op.geom.fields())}}};")
