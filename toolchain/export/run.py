@@ -166,6 +166,7 @@ def _tflite(model, data, out_dir: Path, name: str, x: np.ndarray, y: np.ndarray,
     runtimes = compare_runtimes(tfl["int8"], x[:200])
     res.update({"tflite_float": rel(tfl["float"]), "tflite_int8": rel(tfl["int8"]),
                 "tflite_seconds": tfl["seconds"],
+                "tflite_calibration_dropped": tfl["calibration_dropped"],
                 "tflite_float_max_abs_diff": report["float_max_abs_diff"],
                 "tflite_int8_agreement": report["int8_agreement"],
                 "tflite_int8_max_abs_diff": report["int8_max_abs_diff"],

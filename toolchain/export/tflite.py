@@ -33,6 +33,7 @@ import numpy as np
 
 from toolchain.atomic import write_bytes
 from toolchain.errors import VstError
+from toolchain.export.calibration import calibration_set
 from toolchain.export.keras_build import (build_keras, native_stderr, tensorflow_quiet,
                                           to_channels_last)
 
@@ -73,8 +74,10 @@ def export_tflite(model, out_dir, representative: np.ndarray, *, name: str = "mo
     """Write ``{name}_float.tflite`` and ``{name}_int8.tflite`` into ``out_dir``.
 
     ``representative`` is NCHW (or NCL) training data; ``samples`` of it
-    (a fixed, seeded choice) calibrate the int8 activation ranges. Returns the two paths and the
-    conversion time in seconds: ``{"float": Path, "int8": Path, "seconds": s}``.
+    (a fixed, seeded choice) calibrate the int8 activation ranges, without the
+    few that would stretch a layer's range (``calibration.py``). Returns the two
+    paths, the conversion time in seconds and how many samples were dropped:
+    ``{"float": Path, "int8": Path, "seconds": s, "calibration_dropped": k}``.
     """
     representative = np.asarray(representative, dtype=np.float32)
     expected = tuple(model.network.input_shape)
@@ -89,9 +92,9 @@ def export_tflite(model, out_dir, representative: np.ndarray, *, name: str = "mo
              "int8": Path(out_dir) / f"{name}_int8.tflite"}
     write_bytes(paths["float"], convert_float(keras_model))
     pick = np.sort(np.random.default_rng(0).permutation(len(representative))[:samples])
-    calibration = to_channels_last(representative[pick])
+    calibration, dropped = calibration_set(keras_model, to_channels_last(representative[pick]))
     write_bytes(paths["int8"], convert_int8(keras_model, calibration))
-    return {**paths, "seconds": time.perf_counter() - start}
+    return {**paths, "seconds": time.perf_counter() - start, "calibration_dropped": dropped}
 
 
 def _io_details(path) -> tuple[dict, dict]:
