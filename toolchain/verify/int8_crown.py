@@ -54,7 +54,8 @@ import numpy as np
 from toolchain.errors import VstError
 from toolchain.export.c.int8_ops import ADD_LEFT_SHIFT, QOp
 from toolchain.export.c.memory import INPUT
-from toolchain.verify.int8_bounds import Int8Bounds, Int8Result, _accumulators, _window_index
+from toolchain.verify.int8_bounds import (Int8Bounds, Int8Result, _accumulators,
+                                          _window_index)
 
 SLACK_REL = 1e-9
 SLACK_ABS = 1e-6
@@ -172,41 +173,58 @@ class Int8Crown:
     def margins(self, lo, hi, y, out: list, pre: list) -> np.ndarray:
         """(N, classes) integer lower bounds of ``q_y - q_j`` over the int8 box
         [lo, hi], given the interval pass (``out``, ``pre``) of that box."""
-        n, ops = len(y), self.ops
-        classes = out[self.bounds.out][0].shape[1]
+        n, last = len(y), self.bounds.out
+        classes = out[last][0].shape[1]
         spec = np.zeros((n, classes, classes))
         spec[np.arange(n), :, y] += 1.0
         spec[:, np.arange(classes), np.arange(classes)] -= 1.0
-        lam = {ops[self.bounds.out].writes: spec}
-        const, mag = np.zeros((n, classes)), np.zeros((n, classes))
+        return self._backsub({self.ops[last].writes: spec}, last, lo, hi, out, pre)
 
-        def give(key, coef):
-            lam[key] = lam[key] + coef if key in lam else coef
-
-        def interval(key):
-            return (lo, hi) if key == INPUT else out[self.bounds.writer[key]]
-
-        for k in reversed(range(len(ops))):
-            op, g = ops[k], lam.pop(ops[k].writes, None)
+    def _backsub(self, lam: dict, top: int, lo, hi, out, pre):
+        """Lower bounds (N, S) of the linear functions ``lam`` (key -> (N, S, size)
+        coefficients on tensors written by ops up to ``top``), over
+        the int8 box, with the floating-point slack. After every op the pending
+        coefficients are also bounded over the interval pass's bounds of their
+        tensors (a bound that stops there: the rounding terms below are not paid);
+        the best of these is returned."""
+        first = next(iter(lam.values()))
+        const, mag = np.zeros(first.shape[:2]), np.zeros(first.shape[:2])
+        best = np.full(const.shape, -np.inf)
+        for k in range(top, -1, -1):
+            if self.ops[k].writes in lam:
+                best = np.maximum(best, self._concretize(lam, const, mag, lo, hi, out))
+            op, g = self.ops[k], lam.pop(self.ops[k].writes, None)
             if g is None:
                 continue
             if pre[k] is not None:
                 g = self._relax(g, pre[k], op.act, const, mag)
-            if k in self.forms:
-                g = self._through_form(self.forms[k], g, const, mag)
-                give(op.reads[0], g)
-            elif op.kind == "add":
-                for key, coef in zip(op.reads, self._through_add(op, g, const, mag)):
-                    give(key, coef)
-            elif op.kind == "maxpool":
-                give(op.reads[0], self._through_maxpool(op, g, interval(op.reads[0]), const, mag))
-            else:
-                give(op.reads[0], self._through_move(op, g, const, mag))
-        g = lam.pop(INPUT)
-        lo64, hi64 = lo[:, None, :].astype(np.float64), hi[:, None, :].astype(np.float64)
-        bound = const + np.minimum(g * lo64, g * hi64).sum(-1)
-        mag += (np.abs(g) * np.maximum(np.abs(lo64), np.abs(hi64))).sum(-1) + np.abs(const)
-        return np.ceil(bound - SLACK_REL * mag - SLACK_ABS)
+            for key, coef in self._step(k, g, const, mag, lo, hi, out):
+                lam[key] = lam[key] + coef if key in lam else coef
+        return np.maximum(best, self._concretize(lam, const, mag, lo, hi, out))
+
+    def _concretize(self, lam: dict, const, mag, lo, hi, out) -> np.ndarray:
+        """const + the minimum of the pending linear terms over their tensors' bounds,
+        less the slack, rounded up (the margins are integers)."""
+        bound, size = const.copy(), mag + np.abs(const)
+        for key, g in lam.items():
+            t_lo, t_hi = (lo, hi) if key == INPUT else out[self.bounds.writer[key]]
+            t_lo, t_hi = t_lo[:, None, :].astype(np.float64), t_hi[:, None, :].astype(np.float64)
+            bound += np.minimum(g * t_lo, g * t_hi).sum(-1)
+            size += (np.abs(g) * np.maximum(np.abs(t_lo), np.abs(t_hi))).sum(-1)
+        return np.ceil(bound - SLACK_REL * size - SLACK_ABS)
+
+    def _step(self, k, g, const, mag, lo, hi, out):
+        """Coefficients on op k's value before its clamp -> [(input key, coefficients)]."""
+        op = self.ops[k]
+        if k in self.forms:
+            return [(op.reads[0], self._through_form(self.forms[k], g, const, mag))]
+        if op.kind == "add":
+            return list(zip(op.reads, self._through_add(op, g, const, mag)))
+        if op.kind == "maxpool":
+            key = op.reads[0]
+            x_bounds = (lo, hi) if key == INPUT else out[self.bounds.writer[key]]
+            return [(key, self._through_maxpool(op, g, x_bounds, const, mag))]
+        return [(op.reads[0], self._through_move(op, g, const, mag))]
 
     @staticmethod
     def _relax(g, v_bounds, act, const, mag):
