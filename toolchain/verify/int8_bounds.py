@@ -24,8 +24,10 @@ TFLite Micro) computes it, following vst's int8 plan of the .tflite file
    2^right with a right shift) of ``M_j * acc_j`` (M_j = mult_j * 2^(shift_j
    - 31)), so ``R_y - R_j >= M_y * acc_y - M_j * acc_j - e_y - e_j``, a
    linear form in the last layer's input whose minimum over the input box is
-   exact (sign split). The larger of that and the interval difference is the
-   margin bound. A sample is verified when every margin bound is >= 1 (the
+   exact (sign split); where a clamp can act it is capped by what the clamp
+   leaves (the top of the clamp less q_j's bound, q_y's bound less the
+   bottom), so it bounds q_y - q_j itself. The larger of that and the interval
+   difference is the margin bound. A sample is verified when every margin bound is >= 1 (the
    outputs are integers), and no clamp can tie them: the firmware's argmax
    takes the first maximum, so a tie counts as not verified.
 
@@ -290,7 +292,16 @@ class Int8Bounds:
                            coef[None] * zh[rows, None, :]).sum(-1)
             linear[rows] = const[None, :] + low - SLACK
         linear = np.ceil(linear)                                   # q_y - q_j is an integer
-        tie_free = (v_hi < op.act[1]) & (v_lo[np.arange(n), y] > op.act[0])[:, None]
+        rows = np.arange(n)
+        tie_free = (v_hi < op.act[1]) & (v_lo[rows, y] > op.act[0])[:, None]
+        # the form bounds R_y - R_j; where a clamp can act, q_y - q_j may be less: at
+        # most the top of the clamp less q_j's bound (q_y clamped), or q_y's bound
+        # less the bottom (q_j clamped). Either is >= 1 where the form is and tie_free.
+        q_lo_y = np.clip(v_lo[rows, y], *op.act)[:, None]
+        q_hi = np.clip(v_hi, *op.act)
+        linear = np.where((v_hi[rows, y] > op.act[1])[:, None],
+                          np.minimum(linear, op.act[1] - q_hi), linear)
+        linear = np.where(v_lo < op.act[0], np.minimum(linear, q_lo_y - op.act[0]), linear)
         return linear, tie_free
 
 

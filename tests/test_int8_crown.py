@@ -1,0 +1,148 @@
+"""int8-crown: back-substituted margin bounds of the int8 network as flashed.
+
+Soundness against the executors of the int8 network: for every sample, random
+and corner points of its eps-box are quantized as the firmware does and run
+through the generated C (and TFLite Micro for some samples); every output lies
+in the bounds, and a verified sample is never misclassified nor tied, its
+margins at least the certified ones. That on the chain model (cnn_small with
+BatchNorm) at an eps where back-substitution proves samples the interval form
+does not, and on the odd-shaped graph models (depthwise with multiplier 1 and
+2, Adds, average and max pooling, the global average, 1-D forms). The combined
+bound never loses what the interval form proves; the clamp relaxation holds
+at every integer; the certificate records which method proved each sample and
+a forged claim of the new method fails its check (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import resum
+from test_int8_bounds import check_box_soundness, net  # noqa: F401 (a fixture)
+from test_int8_graph_bounds import SOUNDNESS_EPS, setups  # noqa: F401 (a fixture)
+from toolchain.verify.int8_bounds import Int8Bounds
+from toolchain.verify.int8_crown import Int8Crown, relax_clamp
+
+EPS = 0.02          # the chain model: int8-crown proves 20% of 200 samples, intervals 12%
+
+
+class Crowned:
+    """``Int8Bounds`` as the soundness checks use it, verifying with int8-crown."""
+
+    def __init__(self, bounds: Int8Bounds) -> None:
+        self.x_t, self.crown = bounds.x_t, Int8Crown(bounds)
+
+    def verify(self, x, y, eps):
+        return self.crown.verify(x, y, eps)
+
+
+def test_clamp_relaxation_holds_at_every_integer():
+    rng = np.random.default_rng(0)
+    for a, b in [(-128, 127), (-128, 40), (-20, 127), (-5, 5), (3, 4)]:
+        lo = rng.integers(-300, 300, size=400)
+        hi = lo + rng.integers(0, 400, size=400)
+        al, bl, au, bu = relax_clamp(lo, hi, a, b)
+        assert np.all((al >= 0) & (al <= 1) & (au >= 0) & (au <= 1))
+        for i in range(len(lo)):
+            v = np.arange(lo[i], hi[i] + 1)
+            z = np.clip(v, a, b)
+            assert np.all(al[i] * v + bl[i] <= z + 1e-9), (a, b, lo[i], hi[i])
+            assert np.all(au[i] * v + bu[i] >= z - 1e-9), (a, b, lo[i], hi[i])
+
+
+def test_sampled_points_through_the_c_stay_in_the_int8_crown_bounds(net):  # noqa: F811
+    path, binary, x, y = net
+    bounds = Int8Bounds.from_tflite(path)
+    res = check_box_soundness(Crowned(bounds), path, binary, x[:80], y[:80], EPS, points=400,
+                              tflm_every=20)
+    assert res.verified.sum() > res.interval_verified.sum()      # the new method proves more
+    assert 0.05 < res.verified.mean() < 0.9
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.005, EPS, 0.05])
+def test_the_combined_bound_never_loses_what_intervals_prove(net, eps):  # noqa: F811
+    path, _, x, y = net
+    bounds = Int8Bounds.from_tflite(path)
+    interval = bounds.verify(x, y, eps)
+    combined = Int8Crown(bounds).verify(x, y, eps)
+    assert np.array_equal(combined.interval_verified, interval.verified)
+    assert np.all(combined.verified[interval.verified])
+    assert np.all(combined.margins >= interval.margins)
+    assert np.array_equal(combined.out_lo, interval.out_lo)
+
+
+@pytest.mark.parametrize("name", list(SOUNDNESS_EPS))
+def test_graph_models_sampled_points_stay_in_the_int8_crown_bounds(setups, name):  # noqa: F811
+    name, bounds, binary, path, x, y, eps = setups(name)
+    kinds = {op.kind for op in bounds.ops}
+    assert {"dwconv", "add", "avgpool", "maxpool"} <= kinds, kinds
+    res = check_box_soundness(Crowned(bounds), path, binary, x, y, eps, 300, tflm_every=4)
+    interval = bounds.verify(x, y, eps)
+    assert np.all(res.verified[interval.verified]) and np.all(res.margins >= interval.margins)
+    assert 0.0 < res.verified.mean() < 1.0, (name, res.verified.mean())
+    if name == "odd2d":      # through depthwise, Add and both poolings it tightens margins
+        assert np.mean(res.margins - interval.margins) > 1.0
+
+
+def _vst(*args):
+    return subprocess.run([sys.executable, "-m", "toolchain", "-q", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _forge(tmp_path, data, change) -> None:
+    forged = json.loads(json.dumps(data))
+    change(forged["results"][0]["samples"])
+    (tmp_path / "forged.json").write_text(json.dumps(resum(forged)))
+
+
+def test_certificate_names_the_prover_of_each_sample_and_forged_claims_fail(net, tmp_path):  # noqa: F811,E501
+    path, _, _, _ = net
+    cert = tmp_path / "c8.json"
+    common = ("--data", "mnist5k", "--eps", str(EPS), "--n", "60")
+    assert _vst("verify", path, *common, "--json", cert).returncode == 0
+    data = json.loads(cert.read_text())
+    result = data["results"][0]
+    assert result["method"] == "int8-crown"
+    by = [s["method"] for s in result["samples"]]
+    verified = [s["verdict"] == "verified" for s in result["samples"]]
+    assert by.count("int8-crown") > 0 and by.count("int8") > 0
+    assert all((m is not None) == v for m, v in zip(by, verified))
+    assert _vst("verify", path, "--data", "mnist5k", "--certificate", cert).returncode == 0
+    old = tmp_path / "c8_int8.json"
+    assert _vst("verify", path, *common, "--method", "int8", "--json", old).returncode == 0
+    old_result = json.loads(old.read_text())["results"][0]
+    assert old_result["method"] == "int8"
+    assert old_result["counts"]["verified"] == by.count("int8")
+    assert _vst("verify", path, "--data", "mnist5k", "--certificate", old).returncode == 0
+
+    def crown_as_interval(samples):      # the interval form does not prove it
+        next(s for s in samples if s["method"] == "int8-crown")["method"] = "int8"
+
+    def unproved(samples):
+        s = next(s for s in samples if s["verdict"] == "unknown")
+        s["verdict"], s["method"] = "verified", "int8-crown"
+        s["margin_lower"] = [0.0 if k == s["label"] else 1.0 for k in range(10)]
+
+    def higher_margin(samples):
+        s = next(s for s in samples if s["method"] == "int8-crown")
+        k = 1 if s["label"] == 0 else 0
+        s["margin_lower"][k] += 1.0
+
+    for change in (crown_as_interval, unproved, higher_margin):
+        _forge(tmp_path, data, change)
+        res = _vst("verify", path, "--data", "mnist5k", "--certificate", tmp_path / "forged.json")
+        assert res.returncode == 1, (change.__name__, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_int8_methods_only_for_their_models(net, tmp_path):  # noqa: F811
+    path, _, _, _ = net
+    res = _vst("verify", path, "--data", "mnist5k", "--eps", "0.01", "--method", "crown")
+    assert res.returncode == 2 and "does not apply to an int8" in res.stderr
+    res = _vst("verify", tmp_path / "m.vst", "--method", "int8-crown")
+    assert res.returncode == 2 and "applies to an int8 .tflite" in res.stderr
