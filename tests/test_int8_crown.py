@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from helpers import resum
-from test_int8_bounds import check_box_soundness, net  # noqa: F401 (a fixture)
+from test_int8_bounds import _box_points, check_box_soundness, net  # noqa: F401 (a fixture)
 from test_int8_graph_bounds import SOUNDNESS_EPS, setups  # noqa: F401 (a fixture)
 from toolchain.verify.int8_bounds import Int8Bounds
 from toolchain.verify.int8_crown import Int8Crown, relax_clamp
@@ -87,6 +87,34 @@ def test_graph_models_sampled_points_stay_in_the_int8_crown_bounds(setups, name)
     assert 0.0 < res.verified.mean() < 1.0, (name, res.verified.mean())
     if name == "odd2d":      # through depthwise, Add and both poolings it tightens margins
         assert np.mean(res.margins - interval.margins) > 1.0
+
+
+# the most a back-substituted margin may lie below the true one at a point (eps 0:
+# every clamp is stable there, so only the rounding terms are paid), measured
+# 7 (odd2d), 15 (odd1d), with room
+AT_A_POINT = {"odd2d": 10, "odd1d": 20}
+
+
+@pytest.mark.parametrize("name", list(SOUNDNESS_EPS))
+def test_back_substitution_alone_is_sound_and_tight_at_points(setups, name):  # noqa: F811
+    """The chain down to the input box on its own (no best-over-depths, no interval
+    max, which could hide a wrong coefficient): below the margins of sampled
+    points of the box (golden integer reference, bit-exact with the C and TFLM),
+    and at a point at most the rounding terms below the true margin."""
+    name, bounds, _, _, x, y, eps = setups(name)
+    crown = Int8Crown(bounds, early=False)
+    for e in (0.0, eps / 3):
+        lo, hi = bounds.quantize_box(x, e)
+        pre: list = []
+        out = bounds.propagate(lo, hi, pre=pre)
+        margins = crown.margins(lo, hi, y, out, pre)
+        for i in range(len(x)):
+            q = _box_points(bounds, x[i], 1 if e == 0 else 200, seed=i, eps=e)
+            o = bounds.outputs(q)
+            seen = (o[:, y[i]][:, None] - o).min(axis=0)
+            assert np.all(seen >= margins[i]), (name, e, i)
+            if e == 0:
+                assert np.all(seen - margins[i] <= AT_A_POINT[name]), (name, i)
 
 
 def _vst(*args):

@@ -156,8 +156,10 @@ class _Form:
 class Int8Crown:
     """Back-substituted margin bounds of an int8 plan (see the module docstring)."""
 
-    def __init__(self, bounds: Int8Bounds) -> None:
-        self.bounds, self.ops = bounds, bounds.ops
+    def __init__(self, bounds: Int8Bounds, early: bool = True) -> None:
+        """``early=False``: only the bound back-substituted down to the input box
+        (not the best over the depths; the tests check that chain alone)."""
+        self.bounds, self.ops, self.early = bounds, bounds.ops, early
         self.forms = {k: _Form(op) for k, op in enumerate(self.ops)
                       if op.weight is not None or op.kind == "avgpool"}
         for op in self.ops:
@@ -191,7 +193,7 @@ class Int8Crown:
         const, mag = np.zeros(first.shape[:2]), np.zeros(first.shape[:2])
         best = np.full(const.shape, -np.inf)
         for k in range(top, -1, -1):
-            if self.ops[k].writes in lam:
+            if self.early and self.ops[k].writes in lam:
                 best = np.maximum(best, self._concretize(lam, const, mag, lo, hi, out))
             op, g = self.ops[k], lam.pop(self.ops[k].writes, None)
             if g is None:
