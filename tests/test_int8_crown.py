@@ -89,6 +89,72 @@ def test_graph_models_sampled_points_stay_in_the_int8_crown_bounds(setups, name)
         assert np.mean(res.margins - interval.margins) > 1.0
 
 
+def _one_op_at_points(bounds: Int8Bounds, seed: int) -> int:
+    """Each op's step on its own, at int8 points: random coefficients on its output
+    become a lower bound in its inputs that the exact outputs (``propagate``:
+    the C's arithmetic) meet, within the op's rounding terms (0 for PAD,
+    TRANSPOSE and MAX_POOL_2D: exact). Returns the number of ops checked."""
+    from toolchain.export.c.memory import INPUT
+    from toolchain.verify.int8_crown import _multiplier, _rounding
+
+    crown, rng = Int8Crown(bounds), np.random.default_rng(seed)
+    q = rng.integers(-128, 128, size=(4, bounds.x_t.size))
+    pre: list = []
+    out = bounds.propagate(q, q, pre=pre)
+    for k, op in enumerate(bounds.ops):
+        lam = rng.normal(size=(len(q), 3, op.n_out))
+        const, mag = np.zeros((len(q), 3)), np.zeros((len(q), 3))
+        g = lam if pre[k] is None else crown._relax(lam, pre[k], op.act, const, mag)
+        terms = crown._step(k, g, const, mag, q, q, out)      # adds to const
+        low = const + sum((coef * (q if key == INPUT else out[bounds.writer[key]][0])
+                           [:, None, :]).sum(-1) for key, coef in terms)
+        exact = (lam * out[k][0][:, None, :]).sum(-1)
+        if k in crown.forms:
+            e = crown.forms[k].e.max()
+        elif op.kind == "add":
+            p = op.params
+            e = float(_rounding(p[7]) + _multiplier(p[6], p[7]) * (_rounding(p[2])
+                                                                     + _rounding(p[5])))
+        else:
+            e = 0.0
+        slack = 2 * np.abs(lam).sum(-1) * e + 1e-6 * (1 + np.abs(exact))   # v within +-e
+        assert np.all(exact >= low - 1e-6 * (1 + np.abs(exact))), (op.kind, k)
+        assert np.all(exact - low <= slack), (op.kind, k, (exact - low - slack).max())
+    return len(bounds.ops)
+
+
+def test_pad_and_transpose_move_coefficients_as_they_move_values():
+    """<g, move(x)> = <moved g, x> + the padded constants (the adjoint of ``_move``)."""
+    from toolchain.export.c.int8_ops import QOp
+    from toolchain.verify.int8_bounds import _move
+
+    rng = np.random.default_rng(3)
+    shape = (1, 3, 4, 5)                                 # NHWC
+    strides = [60, 20, 5, 1]
+    perm = (0, 2, 3, 1)                                  # out (1, 4, 5, 3)
+    ops = [QOp("transpose", 0, "TRANSPOSE", 0, 1, 60,
+               params=(1, 4, 5, 3) + tuple(strides[d] for d in perm)),
+           QOp("pad", 0, "PAD", 0, 1, 1 * 5 * 7 * 5,
+               params=shape + (0, 1, 2, 0) + (1, 5, 7, 5), pad_value=-7)]
+    for op in ops:
+        x = rng.integers(-128, 128, size=(2, 60))
+        g = rng.normal(size=(2, 3, op.n_out))
+        const, mag = np.zeros((2, 3)), np.zeros((2, 3))
+        moved = Int8Crown._through_move(op, g, const, mag)
+        lhs = (g * _move(op, x)[:, None, :]).sum(-1)
+        assert np.allclose(lhs, (moved * x[:, None, :]).sum(-1) + const, atol=1e-9), op.kind
+
+
+def test_each_op_alone_is_its_exact_arithmetic_within_its_rounding(net, setups):  # noqa: F811
+    path = net[0]
+    kinds = set()
+    for bounds in [Int8Bounds.from_tflite(path)] + [setups(n)[1] for n in SOUNDNESS_EPS]:
+        for seed in range(3):
+            assert _one_op_at_points(bounds, seed) == len(bounds.ops)
+        kinds |= {op.kind for op in bounds.ops}
+    assert {"conv", "dwconv", "fc", "add", "avgpool", "maxpool", "pad"} <= kinds
+
+
 # the most a back-substituted margin may lie below the true one at a point (eps 0:
 # every clamp is stable there, so only the rounding terms are paid), measured
 # 7 (odd2d), 15 (odd1d), with room
