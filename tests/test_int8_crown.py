@@ -35,7 +35,7 @@ class Crowned:
     """``Int8Bounds`` as the soundness checks use it, verifying with int8-crown."""
 
     def __init__(self, bounds: Int8Bounds) -> None:
-        self.x_t, self.crown = bounds.x_t, Int8Crown(bounds)
+        self.x_t, self.sample_box, self.crown = bounds.x_t, bounds.sample_box, Int8Crown(bounds)
 
     def verify(self, x, y, eps):
         return self.crown.verify(x, y, eps)
@@ -194,7 +194,7 @@ def _forge(tmp_path, data, change) -> None:
     (tmp_path / "forged.json").write_text(json.dumps(resum(forged)))
 
 
-def test_certificate_names_the_prover_of_each_sample_and_forged_claims_fail(net, tmp_path):  # noqa: F811,E501
+def test_certificate_names_each_prover_and_forged_claims_fail(net, tmp_path):  # noqa: F811
     path, _, _, _ = net
     cert = tmp_path / "c8.json"
     common = ("--data", "mnist5k", "--eps", str(EPS), "--n", "60")

@@ -198,6 +198,20 @@ class Int8Bounds:
         return (q[0].reshape(len(x), -1).astype(np.int64),
                 q[1].reshape(len(x), -1).astype(np.int64))
 
+    def sample_box(self, x: np.ndarray, eps: float, n: int, seed: int) -> np.ndarray:
+        """n float points of the eps-box of one sample ``x`` (C, ...), half random,
+        half corners, clipped to the input range and quantized as the firmware
+        does: (n, input size) int8 (soundness checks of the bounds)."""
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x, np.float32)
+        inside = x + rng.uniform(-eps, eps, size=(n // 2,) + x.shape).astype(np.float32)
+        corners = x + eps * rng.choice([-1.0, 1.0], size=(n - n // 2,) + x.shape).astype(
+            np.float32)
+        points = np.clip(np.concatenate([inside, corners]), *INPUT_RANGE).astype(np.float32)
+        q = quantize(to_tflite_layout(points, self.x_t.shape), self.x_t.scale,
+                     self.x_t.zero_point)
+        return q.reshape(n, -1)
+
     def propagate(self, lo: np.ndarray, hi: np.ndarray, stop: int | None = None,
                   pre: list | None = None):
         """Bounds after every op up to (not including) ``stop``; returns the list of

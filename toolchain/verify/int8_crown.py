@@ -163,7 +163,8 @@ class Int8Crown:
         self.forms = {k: _Form(op) for k, op in enumerate(self.ops)
                       if op.weight is not None or op.kind == "avgpool"}
         for op in self.ops:
-            if op.n_out >= MAX_TERMS or (op.geom and op.geom.h * op.geom.w * op.geom.c >= MAX_TERMS):
+            size_in = op.geom.h * op.geom.w * op.geom.c if op.geom else 0
+            if max(op.n_out, size_in, bounds.x_t.size) >= MAX_TERMS:
                 raise VstError(f"int8-crown: {op.name} #{op.index} is too large for the "
                                "floating-point slack")
 
