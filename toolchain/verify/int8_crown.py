@@ -60,6 +60,7 @@ from toolchain.verify.int8_bounds import (Int8Bounds, Int8Result, _accumulators,
 SLACK_REL = 1e-9
 SLACK_ABS = 1e-6
 MAX_TERMS = 1 << 21
+SLOPES = (None, 0.0)      # relaxations tried per margin (the best is kept): CROWN's, flat
 INT8_ABS = 128.0          # |value| of any int8 tensor
 
 
@@ -74,19 +75,21 @@ def _rounding(shift) -> np.ndarray:
     return 0.5 + np.where(right > 0, 0.5 / np.exp2(right), 0.0)
 
 
-def relax_clamp(lo: np.ndarray, hi: np.ndarray, a: int, b: int):
+def relax_clamp(lo: np.ndarray, hi: np.ndarray, a: int, b: int, slope: float | None = None):
     """Linear bounds ``al v + bl <= clip(v, a, b) <= au v + bu`` for v in [lo, hi]
-    (arrays of one shape; all slopes in [0, 1])."""
+    (arrays of one shape; all slopes in [0, 1]). Where one kink lies inside, the
+    side without a chord takes ``slope`` (0 or 1); None: CROWN's choice, 1 where
+    the interval reaches further past the kink than before it."""
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     one, zero = np.ones_like(lo), np.zeros_like(lo)
     span = np.maximum(hi - lo, 1.0)
     below, above = lo < a, hi > b                       # a kink inside the interval
-    # only the lower kink: max(v, a); chord above, slope 0 or 1 below (CROWN's choice)
+    # only the lower kink: max(v, a); chord above, slope 0 or 1 below
     au1 = (hi - a) / span
-    al1 = np.where(hi - a >= a - lo, one, zero)
+    al1 = np.where(hi - a >= a - lo, one, zero) if slope is None else zero + slope
     # only the upper kink: min(v, b); chord below, slope 0 or 1 above
     al2 = (b - lo) / span
-    au2 = np.where(b - lo >= hi - b, one, zero)
+    au2 = np.where(b - lo >= hi - b, one, zero) if slope is None else zero + slope
     # both: chord (lo, a)-(b, b) above, chord (a, a)-(hi, b) below
     au3 = (b - a) / np.maximum(b - lo, 1.0)
     al3 = (b - a) / np.maximum(hi - a, 1.0)
@@ -181,9 +184,10 @@ class Int8Crown:
         spec = np.zeros((n, classes, classes))
         spec[np.arange(n), :, y] += 1.0
         spec[:, np.arange(classes), np.arange(classes)] -= 1.0
-        return self._backsub({self.ops[last].writes: spec}, last, lo, hi, out, pre)
+        return np.max([self._backsub({self.ops[last].writes: spec}, last, lo, hi, out, pre,
+                                     slope) for slope in SLOPES], axis=0)
 
-    def _backsub(self, lam: dict, top: int, lo, hi, out, pre):
+    def _backsub(self, lam: dict, top: int, lo, hi, out, pre, slope=None):
         """Lower bounds (N, S) of the linear functions ``lam`` (key -> (N, S, size)
         coefficients on tensors written by ops up to ``top``), over
         the int8 box, with the floating-point slack. After every op the pending
@@ -200,7 +204,7 @@ class Int8Crown:
             if g is None:
                 continue
             if pre[k] is not None:
-                g = self._relax(g, pre[k], op.act, const, mag)
+                g = self._relax(g, pre[k], op.act, const, mag, slope)
             for key, coef in self._step(k, g, const, mag, lo, hi, out):
                 lam[key] = lam[key] + coef if key in lam else coef
         return np.maximum(best, self._concretize(lam, const, mag, lo, hi, out))
@@ -230,12 +234,12 @@ class Int8Crown:
         return [(op.reads[0], self._through_move(op, g, const, mag))]
 
     @staticmethod
-    def _relax(g, v_bounds, act, const, mag):
-        """Coefficients on a clamp's output -> on its input v."""
+    def _relax(g, v_bounds, act, const, mag, slope=None):
+        """Coefficients on a clamp's output -> on its input v (``relax_clamp``)."""
         lo, hi = v_bounds
         if np.all((lo >= act[0]) & (hi <= act[1])):
             return g                                        # the clamp never acts
-        al, bl, au, bu = (t[:, None, :] for t in relax_clamp(lo, hi, *act))
+        al, bl, au, bu = (t[:, None, :] for t in relax_clamp(lo, hi, *act, slope))
         pos = g >= 0
         const += np.where(pos, g * bl, g * bu).sum(-1)
         vabs = np.maximum(np.abs(lo), np.abs(hi))[:, None, :]
