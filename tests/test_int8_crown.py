@@ -188,13 +188,11 @@ def _vst(*args):
                           capture_output=True, text=True, timeout=300)
 
 
-def _forge(tmp_path, data, change) -> None:
-    forged = json.loads(json.dumps(data))
-    change(forged["results"][0]["samples"])
-    (tmp_path / "forged.json").write_text(json.dumps(resum(forged)))
-
-
 def test_certificate_names_each_prover_and_forged_claims_fail(net, tmp_path):  # noqa: F811
+    from toolchain.data import load_dataset
+    from toolchain.errors import GateFailed
+    from toolchain.verify.int8_certificate import check_int8_certificate
+
     path, _, _, _ = net
     cert = tmp_path / "c8.json"
     common = ("--data", "mnist5k", "--eps", str(EPS), "--n", "60")
@@ -209,10 +207,11 @@ def test_certificate_names_each_prover_and_forged_claims_fail(net, tmp_path):  #
     assert _vst("verify", path, "--data", "mnist5k", "--certificate", cert).returncode == 0
     old = tmp_path / "c8_int8.json"
     assert _vst("verify", path, *common, "--method", "int8", "--json", old).returncode == 0
-    old_result = json.loads(old.read_text())["results"][0]
-    assert old_result["method"] == "int8"
-    assert old_result["counts"]["verified"] == by.count("int8")
-    assert _vst("verify", path, "--data", "mnist5k", "--certificate", old).returncode == 0
+    old_data = json.loads(old.read_text())
+    assert old_data["results"][0]["method"] == "int8"
+    assert old_data["results"][0]["counts"]["verified"] == by.count("int8")
+    mnist = load_dataset("mnist5k")
+    assert "recomputed" in check_int8_certificate(old_data, path, mnist)
 
     def crown_as_interval(samples):      # the interval form does not prove it
         next(s for s in samples if s["method"] == "int8-crown")["method"] = "int8"
@@ -224,14 +223,16 @@ def test_certificate_names_each_prover_and_forged_claims_fail(net, tmp_path):  #
 
     def higher_margin(samples):
         s = next(s for s in samples if s["method"] == "int8-crown")
-        k = 1 if s["label"] == 0 else 0
-        s["margin_lower"][k] += 1.0
+        s["margin_lower"][1 if s["label"] == 0 else 0] += 1.0
 
     for change in (crown_as_interval, unproved, higher_margin):
-        _forge(tmp_path, data, change)
-        res = _vst("verify", path, "--data", "mnist5k", "--certificate", tmp_path / "forged.json")
-        assert res.returncode == 1, (change.__name__, res.stderr)
-        assert len(res.stderr.strip().splitlines()) == 1
+        forged = json.loads(json.dumps(data))
+        change(forged["results"][0]["samples"])
+        with pytest.raises(GateFailed):
+            check_int8_certificate(resum(forged), path, mnist)
+    (tmp_path / "forged.json").write_text(json.dumps(forged))     # and through the CLI
+    res = _vst("verify", path, "--data", "mnist5k", "--certificate", tmp_path / "forged.json")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
 def test_int8_methods_only_for_their_models(net, tmp_path):  # noqa: F811
