@@ -16,16 +16,20 @@ exact integers the generated C (and TFLite Micro) computes:
 - every clamp ``clip(v, lo, hi)`` of a fused activation (or of the int8 range)
   is relaxed as CROWN relaxes a ReLU, from the interval pass's bounds of ``v``
   (``Int8Bounds.propagate(pre=)``): identity or constant where the interval
-  proves it, else the chord above and, below, a slope of 0 or 1 chosen as
-  CROWN chooses (1 when the interval reaches further above the kink than
-  below); with both kinks inside, the two chords;
+  proves it, else the chord on one side and, on the other, a slope of 0 or 1:
+  once as CROWN chooses (1 when the interval reaches further past the kink
+  than before it) and once flat (0), each margin keeping the better
+  (``SLOPES``); with both kinks inside, the two chords;
 - MAX_POOL_2D: below by the tap with the highest lower bound, above by that
   tap where it dominates the window, else by the window's upper bound (a
   constant): the interval form for what lies below that output;
 - PAD / TRANSPOSE / reshapes move coefficients as they move values.
 
-The bound of a margin is ``ceil(B - slack)``: the margin is an integer. The
-result is max'ed with ``int8_bounds``'s (interval and last-layer margin form).
+After every op the pending coefficients are also bounded over the interval
+pass's bounds of their tensors (a bound stopped there does not pay the
+rounding terms below it); a margin's bound is the best of these, each
+``ceil(B - slack)`` (the margin is an integer), and is max'ed with
+``int8_bounds``'s (interval and last-layer margin form).
 
 Floating point: everything is float64. Each step replaces a linear bound by
 the next one computed in floating point; the real identity it stands for
@@ -42,7 +46,7 @@ times their magnitude, which ``T`` counts too.
 
 >>> crown = Int8Crown(Int8Bounds.from_tflite("model_int8.tflite"))   # doctest: +SKIP
 >>> crown.verify(x, y, eps=0.1).verified.mean()                        # doctest: +SKIP
-0.897
+0.884
 """
 
 from __future__ import annotations
