@@ -123,6 +123,31 @@ def _one_op_at_points(bounds: Int8Bounds, seed: int) -> int:
     return len(bounds.ops)
 
 
+def test_margins_bound_the_clamped_outputs_not_the_values_before_the_clamp():
+    """A last layer whose label output always saturates at 127: the last-layer
+    form bounds R_y - R_j by 440, but q_y - q_j is 67 at the worst point; every
+    claimed margin (interval form, int8-crown) is at most the true minimum."""
+    from types import SimpleNamespace
+
+    from toolchain.export.c.int8_ops import QOp
+    from toolchain.export.c.memory import INPUT
+
+    op = QOp("fc", 0, "FULLY_CONNECTED", 0, 1, 2, weight=np.array([[100, 0], [0, 1]], np.int8),
+             bias=np.zeros(2, np.int64), mult=np.full(2, 1 << 30), shift=np.zeros(2, np.int64),
+             reads=[INPUT], writes=1, dst="output")                     # M = 0.5
+    bounds = Int8Bounds([op], SimpleNamespace(size=2), None)
+    lo, hi = np.array([[10, 100]]), np.array([[127, 120]])
+    grid = np.stack(np.meshgrid(np.arange(10, 128), np.arange(100, 121)), -1).reshape(-1, 2)
+    out = bounds.outputs(grid)
+    worst = (out[:, 0] - out[:, 1]).min()
+    assert worst == 67
+    pre: list = []
+    steps = bounds.propagate(lo, hi, pre=pre)
+    form, _ = bounds._margin_form(op, lo, hi, np.array([0]))
+    crown = Int8Crown(bounds).margins(lo, hi, np.array([0]), steps, pre)
+    assert 1 <= form[0, 1] <= worst and 1 <= crown[0, 1] <= worst
+
+
 def test_pad_and_transpose_move_coefficients_as_they_move_values():
     """<g, move(x)> = <moved g, x> + the padded constants (the adjoint of ``_move``)."""
     from toolchain.export.c.int8_ops import QOp
