@@ -107,8 +107,10 @@ def resum(c):
         if "robust_acc_upper" in r:
             r["robust_acc_upper"] = 1.0 - r["counts"]["falsified"] / n
         # misclassified: "clean" in a float certificate, every falsified one in int8
+        # (whose samples name no method, or null: only verified ones have a prover)
         r["clean_acc"] = 1.0 - sum(s["verdict"] == "falsified"
-                                   and s.get("method", "clean") == "clean" for s in ss) / n
+                                   and s.get("method", "clean") in ("clean", None)
+                                   for s in ss) / n
         if "samples_per_second" in r:
             r["samples_per_second"] = len(ss) / max(r["seconds"], 1e-9)
     return c

@@ -20,7 +20,6 @@ from helpers import resum
 from test_export_c import compile_program, dataset, run_program, trained
 from test_export_c_int8 import INT8_HARNESS, _tflite, tflm_outputs
 from toolchain.export.c import generate_c
-from toolchain.export.c.golden import quantize, to_tflite_layout
 from toolchain.verify.int8_bounds import Int8Bounds
 from toolchain.verify.int8_certificate import _first_argmax_is
 
@@ -47,13 +46,7 @@ def _box_points(bounds: Int8Bounds, x: np.ndarray, n: int, seed: int,
                 eps: float = EPS) -> np.ndarray:
     """n float points of the eps-box of one sample, half random, half corners,
     clipped to [0, 1] and quantized as the firmware does: (n, input size) int8."""
-    rng = np.random.default_rng(seed)
-    inside = x + rng.uniform(-eps, eps, size=(n // 2,) + x.shape).astype(np.float32)
-    corners = x + eps * rng.choice([-1.0, 1.0], size=(n - n // 2,) + x.shape).astype(np.float32)
-    points = np.clip(np.concatenate([inside, corners]), 0.0, 1.0).astype(np.float32)
-    q = quantize(to_tflite_layout(points, bounds.x_t.shape), bounds.x_t.scale,
-                 bounds.x_t.zero_point)
-    return q.reshape(n, -1)
+    return bounds.sample_box(x, eps, n, seed)
 
 
 def check_point_bounds(bounds: Int8Bounds, path, binary, x: np.ndarray, noise: int,

@@ -197,8 +197,8 @@ def test_build_runs_each_stage_through_its_entry(built):
     assert args[2] == out / "export" and kwargs["exclusive"] and kwargs["skipped"] == {}
     (args, kwargs), = by["verify-int8"]
     assert args[0] == out / "export" / "model_int8.tflite"
-    assert args[2:] == ([cfg.verify.eps], 20) and kwargs == {"c_source": None,
-                                                              "out": out / "certificate_int8.json"}
+    assert args[2:] == ([cfg.verify.eps], 20) and kwargs == {
+        "c_source": None, "out": out / "certificate_int8.json", "method": "int8-crown"}
 
 
 def test_build_reuses_then_benches_through_the_entry(built):
@@ -275,7 +275,7 @@ def test_cli_verify_tflite_runs_the_int8_entry(built, monkeypatch, tmp_path):
                            root / "tiny.npz", "--eps", "0.02", "--n", "5",
                            "--json", tmp_path / "c8.json")
     assert args[0] == tflite and args[2:] == ([0.02], 5)
-    assert kwargs == {"c_source": None, "out": tmp_path / "c8.json"}
+    assert kwargs == {"c_source": None, "out": tmp_path / "c8.json", "method": "int8-crown"}
 
 
 def test_cli_bench_runs_the_bench_entry(built, monkeypatch):

@@ -37,6 +37,7 @@ from toolchain.stage_memo import Stages, stage_key as _key
 NAME = "model"          # C identifier of the generated model: vst_model_infer()
 GOLDEN = 8              # golden vectors for the on-target self-test
 LOCK_FILE = ".vst-build.lock"
+INT8_METHOD = "int8-crown"   # the int8 certificate: intervals and back-substitution, the best
 # What the build writes into its folder (besides the memo and the lock): files,
 # and folders it replaces (checked against the inputs before work starts).
 OUTPUTS = ("train/model.vst", "train/checkpoint.safetensors", "train/training.png",
@@ -172,11 +173,12 @@ def _build(cfg: Config, out: Path, target_name: str | None, bench: bool | None,
         tflite = out / export_res["tflite_int8"]
         c_source = export_dir / "c" / f"{NAME}_int8.c"      # the C that carries its weights
         int8_res = stages.run("verify_int8", _key(__version__, sha256_file(tflite), cfg.verify.eps,
-                                                  cfg.verify.n, data.sha256()),
+                                                  cfg.verify.n, data.sha256(), INT8_METHOD),
                               [int8_cert],
                               lambda: verify_int8(tflite, data, [cfg.verify.eps], cfg.verify.n,
                                                   c_source=c_source if c_source.is_file()
-                                                  else None, out=int8_cert),
+                                                  else None, out=int8_cert,
+                                                  method=INT8_METHOD),
                               lambda: _read_int8_certificate(int8_cert, tflite, data))
         progress.say(f"verified (int8, as flashed): {int8_res['verified_acc']:.1%} "
                      f"at eps={cfg.verify.eps}")
@@ -297,7 +299,8 @@ def _read_int8_certificate(path: Path, tflite: Path, data) -> dict:
             cert["dataset"]["sha256"] != data.sha256():
         raise VstError(f"{path} speaks about another .tflite or data")
     res = cert["results"][0]
-    return {k: res[k] for k in ("eps", "n", "verified_acc", "clean_acc", "counts", "seconds")}
+    return {k: res[k] for k in ("eps", "method", "n", "verified_acc", "clean_acc", "counts",
+                                "seconds")}
 
 
 def check_out_dir(out: Path) -> None:

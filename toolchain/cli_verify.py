@@ -39,11 +39,13 @@ def _eps_list(text: str | None) -> list[float] | None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--data", help="Data set (built-in name or path); default: the model's own.")
 @click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
-@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all", "complete"]),
-              default="crown", show_default=True,
-              help="crown: IBP, then CROWN on what IBP leaves open; all: IBP, CROWN, "
-                   "alpha-CROWN, then complete verification (MILP) of what is left; "
-                   "complete: that alone.")
+@click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all", "complete",
+                                            "int8", "int8-crown"]),
+              help="Default crown (int8-crown for an int8 .tflite). crown: IBP, then CROWN on "
+                   "what IBP leaves open; all: IBP, CROWN, alpha-CROWN, then complete "
+                   "verification of what is left; complete: that alone. An int8 .tflite: int8 "
+                   "(integer intervals, last-layer margin form) or int8-crown (also "
+                   "back-substitution through the integer network).")
 @click.option("--timeout", type=float,
               help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60; "
                    "with --certificate: the most one claim's re-proof may take, default 300).")
@@ -77,7 +79,7 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
 
     MODEL is a vst model, an ONNX file, or an int8 .tflite: then the int8
     network that is flashed is bounded in its own integer arithmetic (needs
-    --data and --eps; --method does not apply).
+    --data and --eps; --method int8 or int8-crown, the default).
 
     \b
     verified:  every margin lower bound > 0 over the eps-box (sound bound), or
@@ -101,6 +103,14 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         raise VstError(f"--min-verified must lie in [0, 1], got {min_verified}")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise VstError(f"--timeout must be a positive number of seconds, got {timeout}")
+    int8_model = model is not None and model.suffix.lower() == ".tflite"
+    if method in INT8_METHODS and not int8_model:
+        raise VstError(f"--method {method} applies to an int8 .tflite (the network as "
+                       "flashed), not to a float model")
+    if int8_model and method is not None and method not in INT8_METHODS:
+        raise VstError(f"--method {method} does not apply to an int8 .tflite (its methods: "
+                       f"{', '.join(INT8_METHODS)})")
+    method = method or ("int8-crown" if int8_model else "crown")
     if vnnlib_path is not None:
         _verify_vnnlib(model, vnnlib_path, method, timeout, n, min_verified, json_path,
                        cert_path, results_dir, device, not ctx.obj["quiet"],
@@ -139,7 +149,8 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
         raise VstError("--c-source applies to an int8 .tflite (the generated int8 C it "
                        f"was made from), not to {model.name}")
     if model.suffix.lower() == ".tflite":
-        _verify_tflite(model, data, eps_list, n, min_verified, json_path, cert_path, c_source)
+        _verify_tflite(model, data, eps_list, n, min_verified, json_path, cert_path, c_source,
+                       method)
         return
     vst_model = load_any_model(model)
     dataset = resolve_dataset(vst_model, data)
@@ -165,10 +176,11 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
                          f"at eps={first.eps:g} ({method}, n={first.n}{where})")
 
 
-# Options of `vst verify` that an int8 .tflite has no use for: its bounds are one
-# method (TFLite's integer arithmetic, on the CPU) and it writes no plot or JUnit.
-NOT_FOR_INT8 = (("--method", "method"), ("--plot", "plot_path"), ("--junit", "junit_path"),
+# Options of `vst verify` that an int8 .tflite has no use for: its bounds are
+# TFLite's integer arithmetic, on the CPU, and it writes no plot or JUnit.
+NOT_FOR_INT8 = (("--plot", "plot_path"), ("--junit", "junit_path"),
                 ("--timeout", "timeout"), ("--device", "device"))
+INT8_METHODS = ("int8", "int8-crown")
 
 
 def _refuse_for_int8(ctx) -> None:
@@ -181,8 +193,8 @@ def _refuse_for_int8(ctx) -> None:
              if ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)]
     if given:
         raise VstError(f"{given[0]} does not apply to an int8 .tflite (its bounds are "
-                       "TFLite's integer arithmetic, one method on the CPU; it writes the "
-                       "table and --json only)")
+                       "TFLite's integer arithmetic, on the CPU; it writes the table and "
+                       "--json only)")
 
 
 def _gate_certificate(cert: dict, min_verified: float) -> None:
@@ -348,7 +360,7 @@ def certificate_check(cert_path, min_verified, timeout) -> None:
 
 
 def _verify_tflite(tflite, data, eps_list, n, min_verified, json_path, cert_path,
-                 c_source) -> None:
+                   c_source, method) -> None:
     """`vst verify MODEL.tflite`: the int8 certificate (toolchain.verify.int8_certificate)."""
     from toolchain.data import load_dataset
     from toolchain.display import table
@@ -378,12 +390,14 @@ def _verify_tflite(tflite, data, eps_list, n, min_verified, json_path, cert_path
     if not eps_list:
         raise VstError("pass --eps for an int8 .tflite")
     results = verify_int8(tflite, dataset, eps_list, n, c_source=c_source,
-                          out=json_path)["results"]
+                          out=json_path, method=method)["results"]
     table(("eps", "n", "int8 verified", "falsified", "unknown", "int8 clean"),
           [(f"{r['eps']:g}", str(r["n"]), f"{r['verified_acc']:.1%}",
             str(r["counts"]["falsified"]), str(r["counts"]["unknown"]), f"{r['clean_acc']:.1%}")
-           for r in results], title=f"{tflite.name}: int8 bounds in TFLite's integer arithmetic")
+           for r in results],
+          title=f"{tflite.name}: int8 bounds in TFLite's integer arithmetic ({method})")
     first = results[0]
     if min_verified is not None and first["verified_acc"] < min_verified:
         raise GateFailed(f"int8 verified {first['verified_acc']:.1%} < required "
-                         f"{min_verified:.1%} at eps={first['eps']:g} (n={first['n']})")
+                         f"{min_verified:.1%} at eps={first['eps']:g} ({method}, "
+                         f"n={first['n']})")

@@ -100,9 +100,15 @@ def validate_int8_certificate(cert: dict, source: str = "certificate") -> None:
         _need(source, art, "file", key, lambda v: isinstance(v, str), "a file name")
         _need(source, art, "sha256", key, _hexdigest, "a SHA-256 hex digest")
     _validate_data_box(source, cert)
-    for where, res in _results(source, cert, ("int8",)):
+    for where, res in _results(source, cert, ("int8", "int8-crown")):
         for k, s in enumerate(res["samples"]):
-            _validate_sample_core(source, f"{where}.samples[{k}]", s)
+            at = f"{where}.samples[{k}]"
+            _validate_sample_core(source, at, s)
+            if "method" in s or res["method"] != "int8":   # absent in older int8 certificates
+                # what proved it (null: not verified); the checker recomputes which
+                provers = (None, "int8", res["method"])
+                _need(source, s, "method", at, lambda v: v in provers,
+                      "null, " + ", ".join(sorted(set(provers[1:]))))
 
 
 def _hexdigest(v) -> bool:

@@ -24,8 +24,10 @@ TFLite Micro) computes it, following vst's int8 plan of the .tflite file
    2^right with a right shift) of ``M_j * acc_j`` (M_j = mult_j * 2^(shift_j
    - 31)), so ``R_y - R_j >= M_y * acc_y - M_j * acc_j - e_y - e_j``, a
    linear form in the last layer's input whose minimum over the input box is
-   exact (sign split). The larger of that and the interval difference is the
-   margin bound. A sample is verified when every margin bound is >= 1 (the
+   exact (sign split); where a clamp can act it is capped by what the clamp
+   leaves (the top of the clamp less q_j's bound, q_y's bound less the
+   bottom), so it bounds q_y - q_j itself. The larger of that and the interval
+   difference is the margin bound. A sample is verified when every margin bound is >= 1 (the
    outputs are integers), and no clamp can tie them: the firmware's argmax
    takes the first maximum, so a tie counts as not verified.
 
@@ -92,9 +94,10 @@ def _window_index(op: QOp) -> np.ndarray:
     return np.where(inside, y * g.w + x, -1)
 
 
-def _pool(op: QOp, x: np.ndarray) -> np.ndarray:
+def _pool(op: QOp, x: np.ndarray, clamp: bool = True) -> np.ndarray:
     """AVERAGE_POOL_2D / MAX_POOL_2D of flattened NHWC tensors (N, h*w*c) as
-    TFLite computes them (both monotone: bounds map to bounds)."""
+    TFLite computes them (both monotone: bounds map to bounds); ``clamp=False``:
+    before the activation's clamp."""
     g, index = op.geom, _window_index(op)
     pixels = x.reshape(len(x), g.h * g.w, g.c)
     taps = pixels[:, np.maximum(index, 0)]                     # (N, P, T, c)
@@ -107,7 +110,7 @@ def _pool(op: QOp, x: np.ndarray) -> np.ndarray:
         half = count // 2
         # C's truncating division of acc +- count / 2, rounding half away from zero
         v = np.where(acc > 0, (acc + half) // count, -((half - acc) // count))
-    return np.clip(v, *op.act).reshape(len(x), -1)
+    return (np.clip(v, *op.act) if clamp else v).reshape(len(x), -1)
 
 
 def _accumulators(op: QOp, lo: np.ndarray, hi: np.ndarray):
@@ -164,6 +167,9 @@ class Int8Result:
     margins: np.ndarray          # (N, classes) float, lower bounds of q_y - q_j
     out_lo: np.ndarray           # (N, classes) int
     out_hi: np.ndarray
+    interval_verified: np.ndarray    # (N,) bool: by the interval / margin form alone
+
+    FIELDS = ("verified", "margins", "out_lo", "out_hi", "interval_verified")
 
 
 class Int8Bounds:
@@ -192,24 +198,44 @@ class Int8Bounds:
         return (q[0].reshape(len(x), -1).astype(np.int64),
                 q[1].reshape(len(x), -1).astype(np.int64))
 
-    def propagate(self, lo: np.ndarray, hi: np.ndarray, stop: int | None = None):
+    def sample_box(self, x: np.ndarray, eps: float, n: int, seed: int) -> np.ndarray:
+        """n float points of the eps-box of one sample ``x`` (C, ...), half random,
+        half corners, clipped to the input range and quantized as the firmware
+        does: (n, input size) int8 (soundness checks of the bounds)."""
+        rng = np.random.default_rng(seed)
+        x = np.asarray(x, np.float32)
+        inside = x + rng.uniform(-eps, eps, size=(n // 2,) + x.shape).astype(np.float32)
+        corners = x + eps * rng.choice([-1.0, 1.0], size=(n - n // 2,) + x.shape).astype(
+            np.float32)
+        points = np.clip(np.concatenate([inside, corners]), *INPUT_RANGE).astype(np.float32)
+        q = quantize(to_tflite_layout(points, self.x_t.shape), self.x_t.scale,
+                     self.x_t.zero_point)
+        return q.reshape(n, -1)
+
+    def propagate(self, lo: np.ndarray, hi: np.ndarray, stop: int | None = None,
+                  pre: list | None = None):
         """Bounds after every op up to (not including) ``stop``; returns the list of
-        (lo, hi) per op output, flattened (N, size)."""
+        (lo, hi) per op output, flattened (N, size). ``pre``, when given, receives
+        per op the bounds before its clamp (None for PAD / TRANSPOSE / copy)."""
         out: list = []
         for op in self.ops[:stop]:
             ins = [(lo, hi) if key == INPUT else out[self.writer[key]] for key in op.reads]
             (a_lo, a_hi) = ins[0]
             if op.kind == "add":
                 b_lo, b_hi = ins[1]
-                out.append((add_outputs(op, a_lo, b_lo), add_outputs(op, a_hi, b_hi)))
+                v = (add_outputs(op, a_lo, b_lo, False), add_outputs(op, a_hi, b_hi, False))
             elif op.kind in ("avgpool", "maxpool"):
-                out.append((_pool(op, a_lo), _pool(op, a_hi)))
+                v = (_pool(op, a_lo, False), _pool(op, a_hi, False))
             elif op.weight is None:
+                v = None
                 out.append((_move(op, a_lo), _move(op, a_hi)))
             else:
-                acc_lo, acc_hi = _accumulators(op, a_lo, a_hi)
-                out.append((requantize(acc_lo, op).reshape(len(a_lo), -1),
-                            requantize(acc_hi, op).reshape(len(a_hi), -1)))
+                acc = _accumulators(op, a_lo, a_hi)
+                v = tuple(requantize(a, op, clamp=False).reshape(len(a_lo), -1) for a in acc)
+            if v is not None:
+                out.append((np.clip(v[0], *op.act), np.clip(v[1], *op.act)))
+            if pre is not None:
+                pre.append(v)
         return out
 
     def _input_of(self, k: int, bounds: list, lo: np.ndarray, hi: np.ndarray):
@@ -222,17 +248,21 @@ class Int8Bounds:
         return np.concatenate([self.propagate(q[i:i + BATCH], q[i:i + BATCH])[self.out][0]
                                for i in range(0, max(len(q), 1), BATCH)])
 
-    def verify(self, x: np.ndarray, y: np.ndarray, eps: float) -> Int8Result:
-        """Verified local robustness of the int8 network at ``eps`` per sample."""
-        parts = [self._verify(x[i:i + BATCH], np.asarray(y[i:i + BATCH]), eps)
+    def verify(self, x: np.ndarray, y: np.ndarray, eps: float, refine=None) -> Int8Result:
+        """Verified local robustness of the int8 network at ``eps`` per sample.
+        ``refine(lo, hi, y, bounds, pre)``, when given, returns further margin lower
+        bounds (N, classes) from the int8 box and its interval pass (``int8_crown``);
+        each margin is the larger of the two."""
+        parts = [self._verify(x[i:i + BATCH], np.asarray(y[i:i + BATCH]), eps, refine)
                  for i in range(0, max(len(x), 1), BATCH)]
         return Int8Result(*(np.concatenate([getattr(p, f) for p in parts])
-                            for f in ("verified", "margins", "out_lo", "out_hi")))
+                            for f in Int8Result.FIELDS))
 
-    def _verify(self, x: np.ndarray, y: np.ndarray, eps: float) -> Int8Result:
+    def _verify(self, x: np.ndarray, y: np.ndarray, eps: float, refine=None) -> Int8Result:
         lo, hi = self.quantize_box(x, eps)
         y = np.asarray(y, np.int64)
-        bounds = self.propagate(lo, hi)
+        pre: list = []
+        bounds = self.propagate(lo, hi, pre=pre)
         out_lo, out_hi = bounds[self.out]
         classes = out_lo.shape[1]
         interval = out_lo[np.arange(len(y)), y][:, None] - out_hi      # integer bound
@@ -241,11 +271,16 @@ class Int8Bounds:
             z_lo, z_hi = self._input_of(self.last, bounds, lo, hi)
             linear, tie_free = self._margin_form(self.ops[self.last], z_lo, z_hi, y)
             margins = np.maximum(margins, np.where(tie_free, linear, -np.inf))
-        margins[np.arange(len(y)), y] = 0.0
         others = np.ones((len(y), classes), bool)
         others[np.arange(len(y)), y] = False
+        margins[~others] = 0.0
+        by_interval = np.all(np.where(others, margins >= 1.0, True), axis=1)
+        if refine is not None:
+            margins = np.maximum(margins, refine(lo, hi, y, bounds, pre))
+            margins[~others] = 0.0
         verified = np.all(np.where(others, margins >= 1.0, True), axis=1)
-        return Int8Result(verified=verified, margins=margins, out_lo=out_lo, out_hi=out_hi)
+        return Int8Result(verified=verified, margins=margins, out_lo=out_lo, out_hi=out_hi,
+                          interval_verified=by_interval)
 
     def _margin_form(self, op: QOp, z_lo: np.ndarray, z_hi: np.ndarray, y: np.ndarray):
         """Lower bounds of q_y - q_j from the linear form of the last FC layer, and
@@ -271,7 +306,16 @@ class Int8Bounds:
                            coef[None] * zh[rows, None, :]).sum(-1)
             linear[rows] = const[None, :] + low - SLACK
         linear = np.ceil(linear)                                   # q_y - q_j is an integer
-        tie_free = (v_hi < op.act[1]) & (v_lo[np.arange(n), y] > op.act[0])[:, None]
+        rows = np.arange(n)
+        tie_free = (v_hi < op.act[1]) & (v_lo[rows, y] > op.act[0])[:, None]
+        # the form bounds R_y - R_j; where a clamp can act, q_y - q_j may be less: at
+        # most the top of the clamp less q_j's bound (q_y clamped), or q_y's bound
+        # less the bottom (q_j clamped). Either is >= 1 where the form is and tie_free.
+        q_lo_y = np.clip(v_lo[rows, y], *op.act)[:, None]
+        q_hi = np.clip(v_hi, *op.act)
+        linear = np.where((v_hi[rows, y] > op.act[1])[:, None],
+                          np.minimum(linear, op.act[1] - q_hi), linear)
+        linear = np.where(v_lo < op.act[0], np.minimum(linear, q_lo_y - op.act[0]), linear)
         return linear, tie_free
 
 

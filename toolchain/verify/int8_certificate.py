@@ -2,13 +2,18 @@
 
 It names the exact artifacts it speaks about (the SHA-256 of the .tflite and,
 when given, of the generated int8 C source that carries the same weights),
-the data and eps, and per sample the verdict and the margin lower bounds of
-``int8_bounds``. Verdicts: ``verified`` (every margin bound >= 1 and no tie
-possible), ``falsified`` (the int8 network misclassifies the unperturbed input
-itself: a counterexample inside the box) or ``unknown``.
-``verify_int8`` is the stage's entry (it writes the certificate);
-``check_int8_certificate`` recomputes every claim, under the same sample rules as
-the float certificate (``certificate_rules``).
+the data and eps, and per sample the verdict and the margin lower bounds.
+Methods (``METHODS``): ``int8``, the interval and last-layer margin form of
+``int8_bounds``; ``int8-crown`` (the default), each margin the larger of that
+and the back-substituted bound of ``int8_crown``. Per sample, ``method`` names
+what proved a verified sample (``int8`` where the interval form alone does,
+else ``int8-crown``; null when not verified). Verdicts: ``verified`` (every
+margin bound >= 1 and no tie possible), ``falsified`` (the int8 network
+misclassifies the unperturbed input itself: a counterexample inside the box)
+or ``unknown``. ``verify_int8`` is the stage's entry (it writes the
+certificate); ``check_int8_certificate`` recomputes every claim, the method
+of each sample included, under the same sample rules as the float
+certificate (``certificate_rules``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from toolchain.verify.certificate_rules import (check_indices, check_sample_set,
                                                 check_summaries, result_failure)
 from toolchain.verify.certificate_schema import VERDICTS, _bad, validate_int8_certificate
 from toolchain.verify.int8_bounds import Int8Bounds, sha256_file
+
+METHODS = ("int8", "int8-crown")
 
 FORMAT = "vst-certificate-int8"
 VERSION = 1
@@ -43,21 +50,29 @@ def _first_argmax_is(outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (np.argmax(outputs, axis=1) == y) & ~ties
 
 
-def verify_int8_samples(bounds: Int8Bounds, x: np.ndarray, y: np.ndarray, eps: float) -> dict:
-    """One certificate result (dict) for (x, y) at eps."""
+def verify_int8_samples(bounds: Int8Bounds, x: np.ndarray, y: np.ndarray, eps: float,
+                        method: str = "int8-crown") -> dict:
+    """One certificate result (dict) for (x, y) at eps, by ``method`` (``METHODS``)."""
     import time
 
+    from toolchain.verify.int8_crown import Int8Crown
+
+    if method not in METHODS:
+        raise VstError(f"int8 verification: unknown method {method!r} "
+                       f"(one of {', '.join(METHODS)})")
     t0 = time.perf_counter()
     y = np.asarray(y, np.int64)
-    result = bounds.verify(x, y, eps)
+    result = (Int8Crown(bounds) if method == "int8-crown" else bounds).verify(x, y, eps)
     q_point, _ = bounds.quantize_box(x, 0.0)
     correct = _first_argmax_is(bounds.outputs(q_point), y)
     verdicts = np.where(result.verified, "verified", np.where(correct, "unknown", "falsified"))
+    by = np.where(result.interval_verified, "int8", method)
     seconds = time.perf_counter() - t0
     samples = [{"index": i, "label": int(y[i]), "verdict": str(verdicts[i]),
+                "method": str(by[i]) if result.verified[i] else None,
                 "margin_lower": [float(v) for v in result.margins[i]]} for i in range(len(y))]
     n = max(len(y), 1)
-    return {"eps": float(eps), "method": "int8", "n": len(y),
+    return {"eps": float(eps), "method": method, "n": len(y),
             "counts": {v: int(np.sum(verdicts == v)) for v in ("verified", "falsified", "unknown")},
             "verified_acc": float(np.mean(result.verified)) if len(y) else 0.0,
             "clean_acc": float(np.sum(correct) / n), "seconds": seconds, "samples": samples}
@@ -77,15 +92,15 @@ def build_int8_certificate(tflite_path, dataset, results: list[dict], c_source=N
 
 
 def verify_int8(tflite_path, dataset, eps_list, n: int = 0, *, c_source=None,
-                out=None) -> dict:
+                out=None, method: str = "int8-crown") -> dict:
     """The int8 verification stage (``vst verify MODEL.tflite`` and ``vst build``):
     bound the int8 network that is flashed, in its own arithmetic, on the first
-    ``n`` test samples (0: all) at each eps; the certificate names the .tflite and,
-    when given, the generated int8 C source. Written atomically to ``out`` when
-    given; returned either way."""
+    ``n`` test samples (0: all) at each eps, by ``method``; the certificate names
+    the .tflite and, when given, the generated int8 C source. Written atomically
+    to ``out`` when given; returned either way."""
     bounds = Int8Bounds.from_tflite(tflite_path)
     x, y = dataset.x_test[: n or None], dataset.y_test[: n or None]
-    results = [verify_int8_samples(bounds, x, y, eps) for eps in eps_list]
+    results = [verify_int8_samples(bounds, x, y, eps, method) for eps in eps_list]
     cert = build_int8_certificate(tflite_path, dataset, results, c_source)
     if out is not None:
         save_int8_certificate(out, cert)
@@ -159,7 +174,7 @@ def _check_result(source: str, where: str, res: dict, bounds: Int8Bounds, datase
         "clean_acc": 1.0 - count["falsified"] / n})
     index = np.array([s["index"] for s in samples], np.int64)
     fresh = verify_int8_samples(bounds, dataset.x_test[index], dataset.y_test[index],
-                                float(res["eps"]))["samples"]
+                                float(res["eps"]), res["method"])["samples"]
     fail = result_failure(source, where, res)
     for claimed, again in zip(samples, fresh):
         why = _claim_fails(claimed, again)
@@ -173,6 +188,8 @@ def _claim_fails(claimed: dict, again: dict) -> str:
         return f"label {claimed['label']} != the data's {again['label']}"
     if claimed["verdict"] != again["verdict"]:
         return f"claims {claimed['verdict']}, recomputed {again['verdict']}"
+    if "method" in claimed and claimed["method"] != again["method"]:
+        return f"claims it proved by {claimed['method']}, recomputed {again['method']}"
     mine = np.asarray(claimed["margin_lower"], np.float64)
     fresh = np.asarray(again["margin_lower"], np.float64)
     others = np.arange(len(fresh)) != again["label"]
