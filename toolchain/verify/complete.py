@@ -61,6 +61,7 @@ class Decision:
     counterexample: np.ndarray | None = None   # float32, input shape, inside the box, re-checked
     reason: str = ""       # for "unknown": why (e.g. "timeout after 60 s")
     bounds: np.ndarray | None = None   # lower bound of every row (A @ y) over the box, stacked
+    tree: dict | None = None   # "bab" verified: {"domains", "heuristic", "leaves"} (bab_tree)
 
 
 def classification_spec(label: int, num_classes: int):
@@ -78,7 +79,7 @@ def classification_spec(label: int, num_classes: int):
 
 def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, network=None,
            seed: int = 0, bounder=None, cheap: bool = True, program=None,
-           clock=time.perf_counter) -> Decision:
+           clock=time.perf_counter, procedure: str = "bab") -> Decision:
     """Unsafe iff some x in [lower, upper] (numpy, input shape or flat) and some
     disjunct (A, c) has all rows of A @ f(x) <= c. "verified" = no such x exists
     (proved soundly). ``bounder``: a ``Bounder`` of ``module`` to reuse (built if
@@ -123,6 +124,12 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     open_ = _open(best, offsets, owner, len(disjuncts)) if cheap else list(range(len(disjuncts)))
     if not open_:
         return done("verified", "alpha-crown", bounds=best)
+    if procedure not in COMPLETE:
+        raise VstError(f"unknown complete procedure {procedure!r}; choose one of "
+                       f"{', '.join(COMPLETE)}")
+    if procedure == "bab" and "crown" not in bounder.refused:
+        return _bab(module, bounder, shape, lower, upper, [disjuncts[d] for d in open_],
+                    best, timeout, elapsed, seed)
     return _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets,
                  owner, timeout, elapsed, clock is time.perf_counter, program)
 
@@ -175,6 +182,26 @@ def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, o
                 f"{why} after {spent:.0f} s: disjunct {k + 1} of {len(open_)} open "
                 f"({res.reason}; {enc.describe()})"))
     return Decision("verified", "milp", elapsed(), bounds=best)
+
+
+def _bab(module, bounder, shape, lower, upper, disjuncts, best, timeout, elapsed,
+         seed) -> Decision:
+    """Step 4 by branch and bound over ReLU splits (``bab.py``) on the open disjuncts."""
+    from toolchain.verify.bab import HEURISTICS, branch_and_bound
+
+    res = branch_and_bound(module, bounder, shape, lower, upper, disjuncts,
+                           time_left=lambda: timeout - elapsed(), seed=seed)
+    if res.status == "verified":
+        tree = {"domains": res.domains, "heuristic": HEURISTICS[0],
+                "leaves": [[list(s) for s in leaf] for leaf in res.leaves]}
+        return Decision("verified", "bab", elapsed(), bounds=best, tree=tree)
+    if res.status == "falsified":
+        return Decision("falsified", "bab", elapsed(), counterexample=res.counterexample,
+                        bounds=best)
+    spent = elapsed()
+    why = "timeout" if spent >= timeout - 0.5 else "limit"
+    return Decision("unknown", "none", spent, bounds=best,
+                    reason=f"{why} after {spent:.0f} s: branch and bound, {res.reason}")
 
 
 def _tighter(a, b):
