@@ -58,6 +58,15 @@ class DomainBounds:
     scores: list[np.ndarray]       # per ReLU (B, n_i): branching score, 0 where stable/split
     widths: list[np.ndarray]       # per ReLU (B, n_i): u - l where unstable, else 0
     points: np.ndarray             # (B, *input) float32: minimizer of the worst row's bound
+    interm: list                   # per ReLU (lower, upper), each (B, n_i) float64
+
+    def relus(self, i: int) -> list:
+        """Domain i's pre-activation bounds per ReLU, flat float64 (the MILP's form)."""
+        return [(lo[i], hi[i]) for lo, hi in self.interm]
+
+    def fixed(self, i: int) -> bool:
+        """No ReLU of domain i is left to split (all stable or split)."""
+        return not any(w[i].any() for w in self.widths)
 
 
 class SplitBounder:
@@ -119,10 +128,8 @@ class SplitBounder:
                                       aux_reference_bounds=ref)[0]
         # The last backward pass (from the output) leaves each node's coefficient
         # matrix (R, B, ...) in .lA: the ReLU outputs' and the input's.
-        lams = [r.lA.detach() if getattr(r, "lA", None) is not None else None
-                for r in self.relus]
-        root = model[model.root_name[0]]
-        x_a = root.lA.detach() if getattr(root, "lA", None) is not None else None
+        lams = [_dense(getattr(r, "lA", None)) for r in self.relus]
+        x_a = _dense(getattr(model[model.root_name[0]], "lA", None))
         interm, empty = {}, np.zeros(b, bool)
         for k, r in enumerate(self.relus):
             pre = r.inputs[0]
@@ -143,7 +150,9 @@ class SplitBounder:
             better = self._beta([domains[i] for i in idx], idx, interm, settled)
             lower[idx] = np.maximum(lower[idx], better)
         lower[empty] = np.inf
-        return DomainBounds(lower, empty, scores, widths, points)
+        flat = [tuple(t.reshape(b, -1).double().numpy() for t in interm[r.inputs[0].name])
+                for r in self.relus]
+        return DomainBounds(lower, empty, scores, widths, points, flat)
 
     def _beta(self, domains, idx, interm, settled) -> np.ndarray:
         """alpha-beta-CROWN on the domains ``idx`` of the batch, intermediate bounds fixed."""
@@ -283,6 +292,13 @@ class SplitBounder:
                 if n % bias.numel() == 0:                  # conv: one bias per channel
                     return bias.repeat_interleave(n // bias.numel()).reshape(1, -1)
         return torch.zeros(1, n)
+
+
+def _dense(a):
+    """A coefficient matrix as a tensor (R, B, ...); None when there is none or it
+    is in conv "patches" form (the output's own pass is dense; branching then
+    falls back to interval widths and the attack to the box centre)."""
+    return a.detach() if isinstance(a, torch.Tensor) else None
 
 
 @contextlib.contextmanager

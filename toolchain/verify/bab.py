@@ -24,9 +24,11 @@ against the widest-interval rule. Measured on the natural 784-256x4 MLP
 bound": the BaBSR score needs fewer domains and settles more instances in
 the same time, so it is the default (``HEURISTICS[0]``).
 
-A domain whose ReLUs are all fixed and which is still open cannot be split
-further; the driver then says ``unknown`` (this needs as many splits as the
-network has unstable neurons and has not been seen on our nets).
+A domain whose ReLUs are all fixed (split or stable) and which is still open
+cannot be split further, and beta-CROWN's few optimization steps need not
+reach its exact bound; the network is affine there, so ``exact`` decides it
+(``complete.decide`` passes its MILP step, which with every ReLU fixed has
+no binary: one LP per disjunct). Such a leaf is re-checked the same way.
 """
 
 from __future__ import annotations
@@ -87,12 +89,14 @@ class Property:
 
 def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
                      time_left, seed: int = 0, heuristic: str = HEURISTICS[0],
-                     batch: int = BATCH) -> BabResult:
+                     batch: int = BATCH, exact=None) -> BabResult:
     """Decide the property by branch and bound within ``time_left()`` seconds.
 
     ``bounder``: a ``Bounder`` of ``module`` that allows CROWN. ``disjuncts``:
-    the (A, c) still open. Checks the clock between rounds, so it may overrun by
-    one round's bounding.
+    the (A, c) still open. ``exact(relus, lower)``: decides a domain with no
+    unstable ReLU from its pre-activation bounds (``DomainBounds.relus``),
+    returning a ``complete.Decision``. Checks the clock between rounds, so it
+    may overrun by one round's bounding.
     """
     from toolchain.lirpa.splits import SplitBounder
     from toolchain.verify.spec_attack import spec_pgd, unsafe_at
@@ -111,6 +115,8 @@ def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
                 return np.asarray(p, np.float32).reshape(shape)
         return None
 
+    found = []
+
     def push(splits, res, i) -> str | None:
         """File child i of ``res``: a leaf, or open with its next split; None if fine."""
         nonlocal tick
@@ -119,13 +125,22 @@ def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
             return None
         choice = _choose(res, i, heuristic)
         if choice is None:
-            return "a domain with every ReLU split is still open"
+            if exact is None:
+                return "a domain with every ReLU fixed is still open"
+            d = exact(res.relus(i), res.lower[i])
+            if d.status == "verified":
+                leaves.append(splits)
+                return None
+            if d.status == "falsified":
+                found.append(d.counterexample)
+                return None
+            return f"a domain with every ReLU fixed is still open ({d.reason})"
         tick += 1
         heapq.heappush(heap, (float(prop.slack(res.lower[i:i + 1])[0]), tick, splits, choice))
         return None
 
     trouble = push((), root, 0)
-    x = falsify(root.points)
+    x = found[0] if found else falsify(root.points)
     rounds = 0
     while heap and trouble is None and x is None:
         if time_left() <= 0:
@@ -141,7 +156,7 @@ def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
             trouble = trouble or push(splits, res, i)
         open_ = [i for i in range(len(children)) if not (res.empty[i] or
                                                            prop.settled(res.lower[i:i + 1])[0])]
-        x = falsify(res.points[open_])
+        x = found[0] if found else falsify(res.points[open_])
         rounds += 1
         if x is None and heap and rounds % PGD_EVERY == 0:
             worst = np.argsort(prop.slack(res.lower[open_]))[:PGD_POINTS] if open_ else []

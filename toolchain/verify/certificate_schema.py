@@ -181,6 +181,10 @@ def _validate_sample(source: str, where: str, s) -> None:
         # Re-checked on samples falsified by pgd / milp / bab; on any other it claims nothing.
         _need(source, s, "counterexample", where, lambda v: isinstance(v, str),
               "a base64 string")
+    if "bab" in s:                  # a branch-and-bound proof (verify/bab_tree.py)
+        from toolchain.verify.bab_tree import validate_tree
+
+        validate_tree(s["bab"], f"{where}.bab", source)
 
 
 # -- property certificates (vst verify --vnnlib; property_certificate.py) --------
@@ -229,6 +233,10 @@ def validate_property_certificate(cert: dict, source: str = "certificate") -> No
         _need(source, e, "procedure", where, lambda v: v in PROPERTY_DECIDERS[verdict],
               f"for a {verdict} instance one of " + ", ".join(PROPERTY_DECIDERS[verdict]))
         _need(source, e, "reason", where, lambda v: isinstance(v, str), "a string")
+        if "bab" in e:
+            from toolchain.verify.bab_tree import validate_tree
+
+            validate_tree(e["bab"], f"{where}.bab", source)
         if verdict == "falsified" or "counterexample" in e:
             _need(source, e, "counterexample", where, lambda v: isinstance(v, str),
                   "a base64 string (a falsified instance carries its counterexample)")

@@ -128,8 +128,8 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
         raise VstError(f"unknown complete procedure {procedure!r}; choose one of "
                        f"{', '.join(COMPLETE)}")
     if procedure == "bab" and "crown" not in bounder.refused:
-        return _bab(module, bounder, shape, lower, upper, [disjuncts[d] for d in open_],
-                    best, timeout, elapsed, seed)
+        return _bab(module, bounder, shape, lower, upper, disjuncts, open_, best, timeout,
+                    elapsed, seed, program)
     return _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets,
                  owner, timeout, elapsed, clock is time.perf_counter, program)
 
@@ -184,15 +184,19 @@ def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, o
     return Decision("verified", "milp", elapsed(), bounds=best)
 
 
-def _bab(module, bounder, shape, lower, upper, disjuncts, best, timeout, elapsed,
-         seed) -> Decision:
-    """Step 4 by branch and bound over ReLU splits (``bab.py``) on the open disjuncts."""
+def _bab(module, bounder, shape, lower, upper, disjuncts, open_, best, timeout, elapsed,
+         seed, program) -> Decision:
+    """Step 4 by branch and bound over ReLU splits (``bab.py``) on the open disjuncts;
+    a proof keeps its split tree (``bab_tree.py``)."""
     from toolchain.verify.bab import HEURISTICS, branch_and_bound
 
-    res = branch_and_bound(module, bounder, shape, lower, upper, disjuncts,
-                           time_left=lambda: timeout - elapsed(), seed=seed)
+    sub = [disjuncts[d] for d in open_]
+    res = branch_and_bound(module, bounder, shape, lower, upper, sub,
+                           time_left=lambda: timeout - elapsed(), seed=seed,
+                           exact=fixed_domain(module, shape, lower, upper, sub,
+                                              lambda: timeout - elapsed(), program))
     if res.status == "verified":
-        tree = {"domains": res.domains, "heuristic": HEURISTICS[0],
+        tree = {"domains": res.domains, "heuristic": HEURISTICS[0], "open": list(open_),
                 "leaves": [[list(s) for s in leaf] for leaf in res.leaves]}
         return Decision("verified", "bab", elapsed(), bounds=best, tree=tree)
     if res.status == "falsified":
@@ -202,6 +206,42 @@ def _bab(module, bounder, shape, lower, upper, disjuncts, best, timeout, elapsed
     why = "timeout" if spent >= timeout - 0.5 else "limit"
     return Decision("unknown", "none", spent, bounds=best,
                     reason=f"{why} after {spent:.0f} s: branch and bound, {res.reason}")
+
+
+def fixed_domain(module, shape, lower, upper, disjuncts, time_left, program=None):
+    """``exact`` for branch and bound: a domain with no unstable ReLU, given its
+    pre-activation bounds, is one LP per disjunct (the MILP encoding, with no
+    binary left) within ``time_left()`` seconds. Its inputs are all of the box
+    whose pre-activations lie in those bounds, a superset of the domain on which
+    the network equals the encoding, so "unreachable" is sound; a solution is
+    re-checked on the float model."""
+    from toolchain.verify.affine_program import ProgramReader, TooLarge
+    from toolchain.verify.milp import MilpEncoding
+
+    read = program or ProgramReader(module, shape)
+
+    def exact(relus, lb) -> Decision:
+        try:
+            enc = MilpEncoding(read(), lower, upper, relus)
+        except TooLarge as exc:
+            return Decision("unknown", "none", 0.0, reason=str(exc))
+        if enc.trouble:
+            return Decision("unknown", "none", 0.0, reason=enc.trouble)
+        finite = np.asarray(lb, np.float64)[np.isfinite(lb)]
+        margin = 1e-4 * (1.0 + float(np.max(np.abs(finite), initial=0.0)))
+        for a, c in disjuncts:
+            res = enc.solve([(a, c)], time_limit=max(time_left(), 1.0), margin=margin)
+            if res.status == "unreachable":
+                continue
+            if res.status == "reachable":
+                x = res.x.astype(np.float32)
+                if unsafe_at(module, x, shape, lower, upper, disjuncts):
+                    return Decision("falsified", "bab", 0.0, counterexample=x.reshape(shape))
+            return Decision("unknown", "none", 0.0, reason=res.reason or (
+                "the LP optimum does not re-check on the float model"))
+        return Decision("verified", "bab", 0.0)
+
+    return exact
 
 
 def _tighter(a, b):
