@@ -40,7 +40,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 NETS = {"256x2": 2, "256x4": 4, "256x6": 6}
-PROCEDURES = ("bab", "milp", "bab-widest")
+# bab: the cascade's complete step (branch and bound, then the MILP on what it left
+# open); milp: the MILP alone (the cascade before issue 25); bab-only / bab-widest:
+# branch and bound alone for the whole budget, BaBSR or widest-interval branching.
+PROCEDURES = ("bab", "milp", "bab-only", "bab-widest")
 
 
 def natural_mlp(depth: int, data, epochs: int, seed: int = 0):
@@ -81,18 +84,22 @@ def instances(model, data, eps: float, n: int, timeout: float, folder: Path):
     return load_instances(read_instances(folder / "instances.csv"))
 
 
-def run_cell(loaded, procedure: str, n: int) -> list[dict]:
-    from toolchain.verify import bab
+def run_cell(loaded, procedure: str, rows=None) -> list[dict]:
+    from toolchain.verify import bab, complete
     from toolchain.verify.spec_attack import spec_pgd
     from toolchain.verify.vnncomp import box32, run_instances
 
     name = "milp" if procedure == "milp" else "bab"
-    saved = bab.HEURISTICS
+    saved = bab.HEURISTICS, complete.BAB_SHARE
     if procedure == "bab-widest":
         bab.HEURISTICS = ("widest", "babsr")
+    if procedure in ("bab-only", "bab-widest"):
+        complete.BAB_SHARE = 1.0
     out = []
     try:
-        for item in loaded[:n]:
+        for item in loaded:
+            if rows and item.instance.row not in rows:
+                continue
             wall = time.perf_counter()
             o = run_instances([item], "all", procedure=name, clock=time.process_time)[0]
             wall = time.perf_counter() - wall
@@ -107,14 +114,23 @@ def run_cell(loaded, procedure: str, n: int) -> list[dict]:
             out.append({"row": item.instance.row, "result": o.result, "verdict": o.verdict,
                         "procedure": o.procedure, "cpu_seconds": o.seconds,
                         "wall_seconds": wall, "reason": o.reason,
-                        "domains": tree.get("domains"), "leaves": len(tree.get("leaves", [])),
+                        "domains": tree.get("domains", _open_domains(o.reason)),
+                        "leaves": len(tree.get("leaves", [])),
                         "ort_rechecked": o.verdict == "falsified",
                         "pgd_breaks_verified": broken})
             print(f"    {procedure} prop {item.instance.row}: {o.result} by {o.procedure} in "
                   f"{o.seconds:.1f} CPU s ({wall:.0f} s wall) {o.reason[:90]}", flush=True)
     finally:
-        bab.HEURISTICS = saved
+        bab.HEURISTICS, complete.BAB_SHARE = saved
     return out
+
+
+def _open_domains(reason: str):
+    """The domains a branch and bound that ran out of time had bounded (its reason)."""
+    import re
+
+    m = re.search(r"of (\d+) domains still open", reason)
+    return int(m.group(1)) if m else None
 
 
 def summary(runs: list[dict]) -> dict:
@@ -141,6 +157,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="CPU seconds per instance")
     ap.add_argument("--epochs", type=int, default=3, help="natural training epochs")
     ap.add_argument("--procedures", default="bab,milp", help="of " + ", ".join(PROCEDURES))
+    ap.add_argument("--rows", default="", help="only these instances.csv rows (1-based)")
     ap.add_argument("--append", action="store_true", help="keep the cells already written")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -155,9 +172,12 @@ def main() -> None:
                 for proc in args.procedures.split(","):
                     print(f"{net} eps {eps:g} {proc}", flush=True)
                     t0, c0 = time.perf_counter(), time.process_time()
-                    runs = run_cell(loaded, proc, args.n)
-                    cells[f"{net} eps {eps:g} {proc}"] = {
+                    rows = {int(r) for r in args.rows.split(",") if r}
+                    runs = run_cell(loaded, proc, rows)
+                    cells[f"{net} eps {eps:g} {proc}" + (f" rows {args.rows}" if rows
+                                                         else "")] = {
                         "net": net, "eps": eps, "procedure": proc, "clean_acc": acc,
+                        "rows": sorted(rows),
                         "params": model.network.param_count(), "runs": runs,
                         "summary": summary(runs), "wall_seconds": time.perf_counter() - t0,
                         "cpu_seconds": time.process_time() - c0}
@@ -168,14 +188,16 @@ def _write(args, cells) -> None:
     rows = []
     for key, c in sorted(cells.items()):
         s = c["summary"]
-        rows.append((c["net"], f"{c['clean_acc']:.3f}", f"{c['eps']:g}", c["procedure"], s["n"],
+        proc = c["procedure"] + (f" (rows {','.join(map(str, c['rows']))})"
+                                 if c.get("rows") else "")
+        rows.append((c["net"], f"{c['clean_acc']:.3f}", f"{c['eps']:g}", proc, s["n"],
                      s["proved"], s["falsified"], s["timeouts"],
                      f"{(s['proved'] + s['falsified']) / max(1, s['n']):.0%}",
                      f"{s['median_cpu_seconds']:.1f}", f"{s['median_wall_seconds']:.1f}",
                      s["domains"], s["unsound"]))
     table = markdown(("net", "clean acc", "eps", "complete step", "n", "proved", "falsified",
-                      "timeouts", "settled", "median CPU s", "median wall s", "BaB domains",
-                      "unsound"), rows)
+                      "timeouts", "settled", "median CPU s", "median wall s",
+                      "BaB domains bounded", "unsound"), rows)
     write("bab", {"machine": machine(), "args": vars(args), "cells": cells}, table)
 
 

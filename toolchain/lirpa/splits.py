@@ -69,9 +69,25 @@ class DomainBounds:
         return not any(w[i].any() for w in self.widths)
 
 
+def refusal(bounder) -> str | None:
+    """Why branch and bound cannot bound this network's domains, or None.
+
+    It needs CROWN on a batch of domains; auto_LiRPA 0.3's max pooling fails
+    on batches of more than one box under CROWN (a patches broadcast error), so
+    a network with max pooling is left to the MILP.
+    """
+    if "crown" in bounder.refused:
+        return f"branch and bound needs CROWN: {bounder.refused['crown']}"
+    kinds = {type(n).__name__ for n in bounder._bounded._modules.values()}
+    if "BoundMaxPool" in kinds:
+        return ("branch and bound does not run through max pooling (auto_LiRPA 0.3 "
+                "fails on batches of domains there)")
+    return None
+
+
 class SplitBounder:
     """Domains of one box ``[lower, upper]`` and rows ``c`` (R, K), bounded by a
-    ``Bounder`` of the network (which must allow CROWN)."""
+    ``Bounder`` of the network (which ``refusal`` must pass)."""
 
     def __init__(self, bounder, lower, upper, c, *, iterations: int = 20,
                  lr_beta: float = 0.05) -> None:

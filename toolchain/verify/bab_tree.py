@@ -31,33 +31,6 @@ import numpy as np
 from toolchain.errors import VstError
 
 
-def validate_tree(tree, where: str, source: str) -> None:
-    """Structure of a recorded proof; ``VstError`` naming the key if it is malformed."""
-    from toolchain.verify.certificate_schema import _bad, _nonneg_int
-
-    if not isinstance(tree, dict):
-        raise _bad(source, where, "an object (the branch-and-bound proof)", tree)
-    domains = tree.get("domains")
-    if not (_nonneg_int(domains) and domains >= 1):
-        raise _bad(source, f"{where}.domains", "an integer >= 1", domains)
-    if not isinstance(tree.get("heuristic"), str):
-        raise _bad(source, f"{where}.heuristic", "a string", tree.get("heuristic"))
-    opened = tree.get("open")
-    if not (isinstance(opened, list) and opened and all(_nonneg_int(d) for d in opened)
-            and len(set(opened)) == len(opened)):
-        raise _bad(source, f"{where}.open", "a non-empty list of distinct disjunct indices",
-                   opened)
-    leaves = tree.get("leaves")
-    if not (isinstance(leaves, list) and leaves):
-        raise _bad(source, f"{where}.leaves", "a non-empty list of split sets", leaves)
-    for k, leaf in enumerate(leaves):
-        if not (isinstance(leaf, list) and all(
-                isinstance(s, list) and len(s) == 3 and _nonneg_int(s[0]) and _nonneg_int(s[1])
-                and s[2] in (0, 1) and not isinstance(s[2], bool) for s in leaf)):
-            raise _bad(source, f"{where}.leaves[{k}]",
-                       "a list of splits [relu, neuron, 0 or 1]", leaf)
-
-
 def tree_gap(leaves) -> str | None:
     """None when the split sets are exactly the leaves of a binary split tree from
     the root (so they cover the box), else where the tree has a hole or a clash."""
@@ -93,7 +66,7 @@ def check_proof(module, bounder, input_shape, lower, upper, disjuncts, tree, *,
                 time_limit: float, batch: int = 128) -> str | None:
     """None when ``tree`` proves the property again within ``time_limit`` seconds,
     else why not (see the module docstring)."""
-    from toolchain.lirpa.splits import SplitBounder
+    from toolchain.lirpa.splits import SplitBounder, refusal
     from toolchain.verify.bab import Property
     from toolchain.verify.complete import fixed_domain
 
@@ -107,8 +80,8 @@ def check_proof(module, bounder, input_shape, lower, upper, disjuncts, tree, *,
     closed = [d for d in range(len(disjuncts)) if d not in opened]
     if closed and not _refuted_at_root(bounder, lower, upper, [disjuncts[d] for d in closed]):
         return "CROWN and alpha-CROWN do not refute the disjuncts its proof leaves out"
-    if "crown" in bounder.refused:
-        return f"branch and bound needs CROWN, which this network refuses ({bounder.refused['crown']})"
+    if refusal(bounder) is not None:
+        return refusal(bounder)
     sub = [disjuncts[d] for d in opened]
     prop = Property(sub)
     exact = fixed_domain(module, input_shape, lower, upper, sub,
