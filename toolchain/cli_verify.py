@@ -41,8 +41,8 @@ def _eps_list(text: str | None) -> list[float] | None:
 @click.option("--eps", "eps_text", help="eps, or a sweep: 0.05,0.1,0.2 (default: the model's).")
 @click.option("--method", type=click.Choice(["ibp", "crown", "alpha-crown", "all", "complete"]),
               default="crown", show_default=True,
-              help="all: IBP, CROWN, alpha-CROWN, then complete verification (MILP) of "
-                   "what is left; complete: that alone.")
+              help="all: IBP, CROWN, alpha-CROWN, then complete verification (branch "
+                   "and bound, then MILP) of what is left; complete: that alone.")
 @click.option("--timeout", type=float,
               help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60; "
                    "with --certificate: the most one claim's re-proof may take, default 300).")
@@ -80,8 +80,9 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
 
     \b
     verified:  every margin lower bound > 0 over the eps-box (sound bound), or
-               complete verification (MILP) proved it
-    falsified: misclassified, or a counterexample in the box (PGD or MILP)
+               complete verification (branch and bound or MILP) proved it
+    falsified: misclassified, or a counterexample in the box (PGD, branch
+               and bound or MILP)
     unknown:   neither (complete verification: it ran out of --timeout)
 
     With --vnnlib the properties of a VNN-LIB file or a VNN-COMP
