@@ -97,10 +97,11 @@ def test_proofs_need_splits_and_a_changed_tree_is_rejected():
     net, lower, upper, spec, tree = proofs[0]
     bounder = Bounder(net, (2,))
 
-    def check(t):
-        return check_proof(net, bounder, (2,), lower, upper, spec, t, time_limit=30)
+    def check(t, limit=30.0):
+        return check_proof(net, bounder, (2,), lower, upper, spec, t, time_limit=limit)
 
     assert check(tree) is None
+    assert "longer than" in check(tree, limit=0.0)           # the checker's bound on time
     leaves = tree["leaves"]
     assert "missing leaf" in check(dict(tree, leaves=leaves[1:]))
     flipped = [leaves[0][:-1] + [leaves[0][-1][:2] + [1 - leaves[0][-1][2]]]] + leaves[1:]
