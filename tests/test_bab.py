@@ -241,3 +241,32 @@ def test_certificate_replays_bab_proofs_and_rejects_forgeries(mlp, tmp_path):
     from toolchain.errors import VstError
     with pytest.raises(VstError, match="domains"):
         load_certificate(path)
+
+
+def test_vnnlib_certificate_replays_bab_proofs(mlp, tmp_path):
+    """The exporter's ONNX + VNN-LIB files: `vst verify --vnnlib` records the split
+    trees, `vst certificate check` replays them and rejects one with a leaf gone."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import cli
+    from toolchain.export.onnx import export_onnx
+    from toolchain.export.vnnlib import write_vnnlib
+
+    _, model, dataset = mlp
+    export_onnx(model, tmp_path / "net.onnx")
+    write_vnnlib(tmp_path, "net.onnx", dataset.x_test, dataset.y_test, EPS, timeout=20)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["-q", "verify", "--vnnlib", str(tmp_path / "instances.csv"),
+                              "--method", "all", "--json", str(tmp_path / "c.json")])
+    assert out.exit_code == 0, out.output
+    cert = json.loads((tmp_path / "c.json").read_text())
+    proved = [e for e in cert["instances"] if e["procedure"] == "bab"]
+    assert proved and all(e["verdict"] == "verified" and e["bab"]["leaves"] for e in proved)
+    out = runner.invoke(cli, ["-q", "certificate", "check", str(tmp_path / "c.json")])
+    assert out.exit_code == 0, out.output
+    target = max(proved, key=lambda e: len(e["bab"]["leaves"]))
+    assert len(target["bab"]["leaves"]) > 1
+    target["bab"]["leaves"].pop(0)
+    (tmp_path / "f.json").write_text(json.dumps(cert))
+    out = runner.invoke(cli, ["-q", "certificate", "check", str(tmp_path / "f.json")])
+    assert out.exit_code == 1 and "missing leaf" in out.output, out.output
