@@ -102,6 +102,9 @@ class SplitBounder:
         self.sizes = []
         self._root_bounds()
         self._bias = [self._pre_bias(r, n) for r, n in zip(self.relus, self.sizes)]
+        self._first = [r.inputs[0].name for r in self.relus
+                       if type(r.inputs[0]).__name__ in ("BoundLinear", "BoundConv")
+                       and type(r.inputs[0].inputs[0]).__name__ == "BoundInput"]
 
     # -- the root ----------------------------------------------------------------
 
@@ -137,11 +140,15 @@ class SplitBounder:
         self.bounder.sync()
         ref = self._reference(domains)
         c = self.c.expand(b, -1, -1)
+        # auto_LiRPA bounds an affine layer fed by the input with IBP and returns
+        # before it applies reference_bounds: such a layer's bounds are given.
+        given = {name: ref[name] for name in self._first}
         with torch.no_grad(), _quiet():
             # aux_reference_bounds: re-bound only the neurons unstable in ``ref``
             lb = model.compute_bounds(x=(self._box(b),), C=c, method="backward",
                                       bound_upper=False, reference_bounds=ref,
-                                      aux_reference_bounds=ref)[0]
+                                      aux_reference_bounds=ref,
+                                      intermediate_layer_bounds=given or None)[0]
         # The last backward pass (from the output) leaves each node's coefficient
         # matrix (R, B, ...) in .lA: the ReLU outputs' and the input's.
         lams = [_dense(getattr(r, "lA", None)) for r in self.relus]
