@@ -27,17 +27,19 @@ to the MILP directly.
 Why branch and bound first, and then the MILP (issue 25, measured on
 naturally trained 784-256xN MLPs, ``benchmarks/README.md``, "Branch and
 bound"): where branch and bound settles an instance it does so in a few
-seconds, often several times faster than the MILP (on the 256x2 net at
-eps 0.03 the one instance both prove: 4.4 s against 25 s), and on the deeper
-nets it settles instances the MILP does not; but when it stalls (thousands of
-domains, half of them open) the MILP, exact once every unstable ReLU is a
-binary, still proves some within the rest of the budget (256x2 at eps 0.05:
-one instance in 30 s that branch and bound left open after 60 s). So branch
-and bound gets the first half of the time and the MILP the rest. Before
-issue 25 the MILP alone was the complete step; branch and bound then needed
-auto_LiRPA 0.3's beta-CROWN internals (``sparse_beta`` per split), which
-``lirpa/splits.py`` now sets up itself (auto_LiRPA's own driver is not in
-0.3).
+seconds, several times faster than the MILP (784-256x2: 3.6 s against 25 s,
+1.0 s against 11 s); but when it stalls (thousands of domains, half of them
+still open) the MILP, exact once every unstable ReLU is a binary, can still
+prove the instance in the rest of the budget (784-256x2 at eps 0.05: one
+instance the MILP proves in 30 s that branch and bound alone leaves open
+after 60 s; the cascade proves it by the MILP in 59 s). So branch and bound
+gets the first half of the time and the MILP the rest: on the measured
+instances this settles exactly what the MILP alone settles, faster. Neither
+settles the hard instances of the 4-layer net at 60 s on one CPU core.
+Before issue 25 the MILP alone was the complete step; branch and bound then
+needed auto_LiRPA 0.3's beta-CROWN internals (``sparse_beta`` per split),
+which ``lirpa/splits.py`` now sets up itself (auto_LiRPA's own driver is not
+in 0.3).
 
 Every ``falsified`` carries an input that was re-checked on the float32
 torch model (inside the box, outputs in the disjunct); a ``verified`` comes
