@@ -25,9 +25,14 @@ A domain's bound depends only on the box, the specification rows and its own
 split set (never on its parent's bounds), so a certificate checker can
 recompute any leaf from its split set alone (``verify/bab_tree.py``).
 
-auto_LiRPA 0.3 needs no mend for this (checked on sampled points by
-``tests/test_bab.py``); it prints "all verified at ..." on stdout when every
-domain of a batch is settled, which is swallowed here.
+auto_LiRPA 0.3's beta-CROWN works for this as it is on chains (checked on
+sampled points by ``tests/test_bab.py``); on graphs it needed mend 11 of
+``compat.py`` (the best betas restored by the wrong index), and through max
+pooling it fails on batches (``refusal``). It prints "all verified at ..."
+on stdout when every domain of a batch is settled, which is swallowed here.
+Not done: alpha re-used from the parent domain (each pass starts alpha from
+CROWN's slopes) and intermediate bounds refined by an LP or MILP (issue 25,
+item 2).
 
 The pass also gives what branching needs: per domain and ReLU, a BaBSR-style
 score (Bunel et al. 2020) from CROWN's coefficient ``lam`` of the ReLU's
