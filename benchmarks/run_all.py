@@ -20,6 +20,7 @@ BENCHMARKS = (
     ("dst_ablation.py",),
     ("verify_speed.py",),
     ("verify_complete.py",),
+    ("bab.py", "--nets", "256x2,256x4"),
     ("mcu.py",),
     ("csr_breakeven.py",),
     ("mlperf_tiny.py",),

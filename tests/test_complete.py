@@ -91,7 +91,7 @@ def test_milp_alone_is_sound_and_complete_on_tiny_nets(seed, factor):
     eps = factor * radius
     lower, upper = eps_box(centre, eps)
     spec = classification_spec(label, 3)
-    d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
+    d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False, procedure="milp")
     assert d.status in ("verified", "falsified"), d.reason       # tiny: always decided
     assert d.procedure == "milp"
     unsafe = check_against_grid(net, lower, upper, spec, d)
@@ -125,8 +125,9 @@ def test_pruned_neurons_masked_and_compacted_agree(seed):
     with torch.no_grad():
         label = int(net(torch.from_numpy(centre)[None]).argmax())
     spec = classification_spec(label, 3)
-    masked = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
-    compacted = decide(small, (2,), lower, upper, spec, timeout=30, cheap=False)
+    masked = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False, procedure="milp")
+    compacted = decide(small, (2,), lower, upper, spec, timeout=30, cheap=False,
+                       procedure="milp")
     assert masked.status == compacted.status != "unknown", (masked.reason, compacted.reason)
     check_against_grid(net, lower, upper, spec, masked)
 
@@ -145,13 +146,15 @@ def test_disjunction_of_conjunctions_against_the_grid(seed):
         # thresholds around the low quantiles: sometimes reachable, often barely not
         c = np.quantile(vals, 0.02 + 0.1 * rng.random(), axis=0) - 0.05 * vals.std(0)
         disjuncts.append((a, c))
-    d = decide(net, (2,), lower, upper, disjuncts, timeout=30, cheap=False)
-    assert d.status in ("verified", "falsified"), d.reason
-    unsafe = check_against_grid(net, lower, upper, disjuncts, d)
-    if unsafe:
-        assert d.status == "falsified"
-    full = decide(net, (2,), lower, upper, disjuncts, timeout=30)
-    assert full.status == d.status
+    for procedure in ("milp", "bab"):
+        d = decide(net, (2,), lower, upper, disjuncts, timeout=30, cheap=False,
+                   procedure=procedure)
+        assert d.status in ("verified", "falsified"), d.reason
+        unsafe = check_against_grid(net, lower, upper, disjuncts, d)
+        if unsafe:
+            assert d.status == "falsified"
+        full = decide(net, (2,), lower, upper, disjuncts, timeout=30, procedure=procedure)
+        assert full.status == d.status
 
 
 def test_a_sat_property_gives_a_rechecked_counterexample_from_each_procedure():
@@ -161,8 +164,9 @@ def test_a_sat_property_gives_a_rechecked_counterexample_from_each_procedure():
         y = net(torch.from_numpy(centre)[None]).double().numpy()[0]
     # y0 - y1 <= (its value at the centre) + 0.01: the centre itself is unsafe
     spec = [(np.array([[1.0, -1.0, 0.0]]), np.array([y[0] - y[1] + 0.01]))]
-    for cheap, procedure in ((True, "pgd"), (False, "milp")):
-        d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=cheap)
+    for cheap, procedure in ((True, "pgd"), (False, "milp"), (False, "bab")):
+        d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=cheap,
+                   procedure="bab" if procedure == "pgd" else procedure)
         assert (d.status, d.procedure) == ("falsified", procedure)
         assert unsafe_at(net, d.counterexample, (2,), lower, upper, spec)
         assert d.seconds >= 0 and d.reason == ""
@@ -179,7 +183,7 @@ def test_timeout_gives_unknown_with_the_reason():
     spec = [(np.array([[1.0, -1.0, 0.0, 0.0]]), np.array([float(diff.min()) - 1e-3]))]
     # CPU time, so that a busy machine does not change what is measured
     d = decide(net, (40,), lower, upper, spec, timeout=1.0, cheap=False,
-               clock=time.process_time)
+               clock=time.process_time, procedure="milp")
     assert d.status == "unknown" and d.procedure == "none"
     assert "timeout" in d.reason and "unstable ReLUs" in d.reason
     assert d.seconds < 10
@@ -274,7 +278,8 @@ def test_cascade_steps_never_disagree_with_each_other_or_a_strong_pgd(small, run
     assert runs["all"].count("unknown") == 0 and runs["complete"].count("unknown") == 0
     assert runs["crown"].count("unknown") > 0       # ... which CROWN and PGD do not
     assert verdicts["all"][:8] == verdicts["complete"]
-    assert "milp" in {s.method for s in runs["all"].samples}, "the MILP step was not reached"
+    assert {s.method for s in runs["all"].samples} & {"bab", "milp"}, \
+        "the complete step was not reached"
     verified = torch.tensor([v == "verified" for v in verdicts["all"]])
     found, _ = pgd(module, x[verified], y[verified], EPS,
                    AttackConfig(steps=200, restarts=20, seed=3))
@@ -291,7 +296,7 @@ def test_certificate_records_procedure_and_time_and_rechecks_milp_claims(small, 
     _, model, dataset = small
     cert = build_certificate(model, dataset, [runs["complete"]])
     res = cert["results"][0]
-    assert res["method"] == "complete" and res["verified_by"].get("milp", 0) >= 1
+    assert res["method"] == "complete" and res["verified_by"].get("bab", 0) >= 1
     assert sum(res["falsified_by"].values()) == res["counts"]["falsified"]
     assert all("seconds" in s and s["seconds"] >= 0 for s in res["samples"])
     path = tmp_path / "c.json"

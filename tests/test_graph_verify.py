@@ -16,6 +16,7 @@ import torch
 from helpers import assert_one_line, random_model, resum
 from test_lirpa_soundness import TOL, box_points, one_thread, outputs_at  # noqa: F401
 from toolchain.lirpa.bounds import METHODS, Bounder
+from toolchain.lirpa.splits import refusal
 from toolchain.models import layers as L
 from toolchain.verify.affine_program import read_program
 from toolchain.verify.complete import classification_spec, decide
@@ -158,11 +159,17 @@ def test_milp_is_sound_and_complete_against_a_dense_grid(name):
     verdicts, binaries = set(), 0
     for seed in range(2):
         for lower, upper, spec, ys in _slice_properties(module, shape, seed):
-            d = decide(module, shape, lower, upper, spec, timeout=20, cheap=False)
+            d = decide(module, shape, lower, upper, spec, timeout=20, cheap=False,
+                       procedure="milp")
             assert d.status in ("verified", "falsified"), d.reason      # tiny: decided
             assert d.procedure == "milp"
             _check_against_grid(module, shape, lower, upper, spec, ys, d)
             verdicts.add(d.status)
+            # branch and bound (where CROWN bounds the net) agrees, alone and in the cascade
+            bab = decide(module, shape, lower, upper, spec, timeout=20, cheap=False)
+            assert bab.status == d.status, bab.reason
+            assert bab.procedure == ("milp" if refusal(Bounder(module, shape)) else "bab")
+            _check_against_grid(module, shape, lower, upper, spec, ys, bab)
             full = decide(module, shape, lower, upper, spec, timeout=20)
             assert full.status == d.status, (full.procedure, full.reason)
             binaries += MilpEncoding(read_program(module, shape), lower, upper).pool_binaries
@@ -183,7 +190,8 @@ def _tiny_pool_net(seed):
 def test_max_pool_encoding_on_many_random_nets(seed):
     module, shape = _tiny_pool_net(seed)
     for lower, upper, spec, ys in _slice_properties(module, shape, seed):
-        d = decide(module, shape, lower, upper, spec, timeout=20, cheap=False)
+        d = decide(module, shape, lower, upper, spec, timeout=20, cheap=False,
+                   procedure="milp")
         assert d.status in ("verified", "falsified"), d.reason
         _check_against_grid(module, shape, lower, upper, spec, ys, d)
 
@@ -208,7 +216,7 @@ def test_milp_agrees_with_crown_and_pgd_where_they_decide(name, eps_list, decide
             lower, upper = (x[i] - eps).clamp(min=0).numpy(), (x[i] + eps).clamp(max=1).numpy()
             spec = classification_spec(int(y[i]), 3)
             d = decide(module, shape, lower, upper, spec, timeout=20, cheap=False,
-                       bounder=bounder)
+                       bounder=bounder, procedure="milp")
             assert d.procedure == "milp"
             adv = spec_pgd(module, shape, lower, upper, spec, seed=i)
             if bool(crown_ok[i]):
@@ -235,7 +243,7 @@ def test_cascade_all_runs_and_pgd_never_breaks_a_verified_sample(name):
     y[0] = (y[0] + 1) % 3                                   # one misclassified sample
     res = verify_samples(module, bounder, x, y, 0.03, "all", timeout=20)
     assert {s.method for s in res.samples} <= {"clean", "ibp", "crown", "alpha-crown", "pgd",
-                                                "milp"}
+                                                "bab", "milp"}
     assert not {s.method for s in res.samples} & set(bounder.refused)
     assert res.samples[0].method == "clean"
     assert res.count("unknown") == 0, [s.method for s in res.samples]
@@ -299,7 +307,8 @@ def test_vst_verify_a_graph_model_file_and_check_its_certificate(graph_files):
     cert = json.loads((root / "c.json").read_text())
     res = cert["results"][0]
     assert res["n"] == 24 and res["counts"]["unknown"] == 0
-    assert res["verified_by"].get("milp", 0) >= 1 and res["counts"]["falsified"] >= 2
+    complete = res["verified_by"].get("bab", 0) + res["verified_by"].get("milp", 0)
+    assert complete >= 1 and res["counts"]["falsified"] >= 2
     assert "alpha-crown" not in res["verified_by"]               # refused for max pooling
     code, out = _vst("verify", root / "m.vst", *common, "--certificate", root / "c.json")
     assert code == 0 and "re-checked" in out, out

@@ -43,9 +43,9 @@ def _eps_list(text: str | None) -> list[float] | None:
                                             "int8", "int8-crown"]),
               help="Default crown (int8-crown for an int8 .tflite). crown: IBP, then CROWN on "
                    "what IBP leaves open; all: IBP, CROWN, alpha-CROWN, then complete "
-                   "verification of what is left; complete: that alone. An int8 .tflite: int8 "
-                   "(integer intervals, last-layer margin form) or int8-crown (also "
-                   "back-substitution through the integer network).")
+                   "verification (branch and bound, then MILP) of what is left; complete: that "
+                   "alone. An int8 .tflite: int8 (integer intervals, last-layer margin form) or "
+                   "int8-crown (also back-substitution through the integer network).")
 @click.option("--timeout", type=float,
               help="Seconds per property (--vnnlib: caps the csv's timeouts; default 60; "
                    "with --certificate: the most one claim's re-proof may take, default 300).")
@@ -83,8 +83,9 @@ def verify(ctx, model, data, eps_text, method, timeout, n, min_verified, json_pa
 
     \b
     verified:  every margin lower bound > 0 over the eps-box (sound bound), or
-               complete verification (MILP) proved it
-    falsified: misclassified, or a counterexample in the box (PGD or MILP)
+               complete verification (branch and bound or MILP) proved it
+    falsified: misclassified, or a counterexample in the box (PGD, branch
+               and bound or MILP)
     unknown:   neither (complete verification: it ran out of --timeout)
 
     With --vnnlib the properties of a VNN-LIB file or a VNN-COMP

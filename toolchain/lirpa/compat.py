@@ -56,6 +56,14 @@ layer set:
    ``view``, which fails when that matrix is not contiguous (a max pooling
    whose output feeds a residual Add and a conv: the sum of the two
    branches' matrices). It now gets a contiguous copy (same values).
+11. With ``enable_beta_crown``, ``get_optimized_bounds`` collects the betas of
+   the ReLUs (in ``relus`` order) but, when it restores the best ones at the
+   end, indexes that list by the position in ``optimizable_activations``: on
+   a graph whose activations are not exactly its ReLUs in that order (max
+   pooling is optimizable too; residual graphs convert in another order) it
+   copied the wrong beta or failed with an IndexError. For the call the
+   activations are listed ReLUs first, in ``relus`` order (the order only
+   decides that bookkeeping), so the positions agree.
 
 Importing auto_LiRPA also changes process-wide state, which we put back:
 ``warnings.simplefilter("once")`` and TorchScript's profiling executor/mode.
@@ -99,6 +107,7 @@ def ensure_patched() -> None:
     _mend_computed_conv_weight()
     _mend_grouped_conv_backward()
     _mend_maxpool_contiguous()
+    _mend_beta_restore_order()
     _patched = True
 
 
@@ -339,3 +348,27 @@ def _mend_maxpool_contiguous() -> None:
 
     bound_backward._vst_mended = True
     BoundMaxPool.bound_backward = bound_backward
+
+
+# --- 11: beta-CROWN's best-beta restore indexes the ReLUs' list by activation ---
+
+def _mend_beta_restore_order() -> None:
+    from auto_LiRPA import BoundedModule
+
+    original = BoundedModule.get_optimized_bounds
+    if getattr(original, "_vst_mended", False):
+        return
+
+    def get_optimized_bounds(self, *args, **kwargs):
+        if not self.bound_opts["optimize_bound_args"].get("enable_beta_crown", False):
+            return original(self, *args, **kwargs)
+        saved = self.optimizable_activations
+        relus = [n for n in self.relus if n in saved]
+        self.optimizable_activations = relus + [n for n in saved if n not in relus]
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.optimizable_activations = saved
+
+    get_optimized_bounds._vst_mended = True
+    BoundedModule.get_optimized_bounds = get_optimized_bounds

@@ -390,11 +390,13 @@ class _Checker:
                 failures.setdefault(k, why)
 
     def _complete_claims(self, samples, eps, claims, failures) -> None:
-        """A claim of complete verification (milp / bab) holds when the complete
-        procedure, run again, proves it (within 3x its recorded time, at least
-        the default timeout, at most the checker's ``max_timeout``): no bound
-        can, so the proof is redone."""
+        """A claim of complete verification holds when it is proved again: a "bab"
+        claim by replaying its split tree (``bab_tree.check_proof``: the tree covers
+        the box, every leaf's bound re-computed), a "milp" claim by running the MILP
+        again. Either within 3x its recorded time, at least the default timeout, at
+        most the checker's ``max_timeout``."""
         from toolchain.verify.affine_program import ProgramReader
+        from toolchain.verify.bab_tree import check_proof
         from toolchain.verify.complete import classification_spec, decide
         from toolchain.verify.engine import DEFAULT_TIMEOUT
 
@@ -405,10 +407,18 @@ class _Checker:
             x = self.x_all[s["index"]]
             timeout = min(max(DEFAULT_TIMEOUT, 3.0 * float(s.get("seconds", 0.0))),
                           self.max_timeout)
-            lower, upper = eps_box(x, eps)
-            d = decide(self.module, shape, lower.numpy(), upper.numpy(),
-                       classification_spec(s["label"], self.k), timeout=timeout, cheap=False,
-                       bounder=self.bounder, program=program)
+            lower, upper = (b.numpy() for b in eps_box(x, eps))
+            spec = classification_spec(s["label"], self.k)
+            if s["method"] == "bab":
+                why = ("it carries no split tree ('bab')" if "bab" not in s else
+                       check_proof(self.module, self.bounder, shape, lower, upper, spec,
+                                   s["bab"], time_limit=timeout))
+                if why is not None:
+                    failures.setdefault(k, f"claimed verified by bab, but its proof does not "
+                                           f"re-check: {why}")
+                continue
+            d = decide(self.module, shape, lower, upper, spec, timeout=timeout, cheap=False,
+                       bounder=self.bounder, program=program, procedure=s["method"])
             if d.status != "verified":
                 why = d.reason or f"it is {d.status} by {d.procedure}"
                 failures.setdefault(k, f"claimed verified by {s['method']}, but complete "

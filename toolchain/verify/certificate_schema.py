@@ -187,6 +187,33 @@ def _validate_sample(source: str, where: str, s) -> None:
         # Re-checked on samples falsified by pgd / milp / bab; on any other it claims nothing.
         _need(source, s, "counterexample", where, lambda v: isinstance(v, str),
               "a base64 string")
+    if "bab" in s:                  # a branch-and-bound proof (verify/bab_tree.py)
+        validate_bab_tree(s["bab"], f"{where}.bab", source)
+
+
+def validate_bab_tree(tree, where: str, source: str) -> None:
+    """Structure of a recorded branch-and-bound proof (``verify/bab_tree.py``); ``VstError`` naming the key if it is malformed."""
+    if not isinstance(tree, dict):
+        raise _bad(source, where, "an object (the branch-and-bound proof)", tree)
+    domains = tree.get("domains")
+    if not (_nonneg_int(domains) and domains >= 1):
+        raise _bad(source, f"{where}.domains", "an integer >= 1", domains)
+    if not isinstance(tree.get("heuristic"), str):
+        raise _bad(source, f"{where}.heuristic", "a string", tree.get("heuristic"))
+    opened = tree.get("open")
+    if not (isinstance(opened, list) and opened and all(_nonneg_int(d) for d in opened)
+            and len(set(opened)) == len(opened)):
+        raise _bad(source, f"{where}.open", "a non-empty list of distinct disjunct indices",
+                   opened)
+    leaves = tree.get("leaves")
+    if not (isinstance(leaves, list) and leaves):
+        raise _bad(source, f"{where}.leaves", "a non-empty list of split sets", leaves)
+    for k, leaf in enumerate(leaves):
+        if not (isinstance(leaf, list) and all(
+                isinstance(s, list) and len(s) == 3 and _nonneg_int(s[0]) and _nonneg_int(s[1])
+                and s[2] in (0, 1) and not isinstance(s[2], bool) for s in leaf)):
+            raise _bad(source, f"{where}.leaves[{k}]",
+                       "a list of splits [relu, neuron, 0 or 1]", leaf)
 
 
 # -- property certificates (vst verify --vnnlib; property_certificate.py) --------
@@ -235,6 +262,8 @@ def validate_property_certificate(cert: dict, source: str = "certificate") -> No
         _need(source, e, "procedure", where, lambda v: v in PROPERTY_DECIDERS[verdict],
               f"for a {verdict} instance one of " + ", ".join(PROPERTY_DECIDERS[verdict]))
         _need(source, e, "reason", where, lambda v: isinstance(v, str), "a string")
+        if "bab" in e:
+            validate_bab_tree(e["bab"], f"{where}.bab", source)
         if verdict == "falsified" or "counterexample" in e:
             _need(source, e, "counterexample", where, lambda v: isinstance(v, str),
                   "a base64 string (a falsified instance carries its counterexample)")

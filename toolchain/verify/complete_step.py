@@ -46,6 +46,8 @@ def complete_step(module, bounder, x, y, eps, timeout, state, ids, on_batch=None
                 state.counterexamples[i] = adv
         elif d.status == "verified":
             state.verdict[i], state.decided_by[i] = "verified", d.procedure
+            if d.tree is not None:
+                state.trees[i] = d.tree
         if d.bounds is not None:
             bounds = torch.from_numpy(np.asarray(d.bounds, np.float32))
             if d.status == "verified" and d.procedure in ("ibp", "crown", "alpha-crown"):

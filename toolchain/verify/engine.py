@@ -48,6 +48,7 @@ class SampleResult:
     margin_lower: list[float]  # from the tightest bound computed (empty if none was)
     counterexample: torch.Tensor | None = None  # pgd / milp: the input that broke it
     seconds: float = 0.0       # time spent on this sample (its share of batched steps)
+    tree: dict | None = None   # bab: the proof's split tree (verify/bab_tree.py)
 
     def to_dict(self) -> dict:
         out = {"index": self.index, "label": self.label, "verdict": self.verdict,
@@ -55,6 +56,8 @@ class SampleResult:
                "seconds": self.seconds}
         if self.counterexample is not None:
             out["counterexample"] = encode_input(self.counterexample)
+        if self.tree is not None:
+            out["bab"] = self.tree
         return out
 
 
@@ -155,7 +158,8 @@ def verify_samples(module, bounder, x, y, eps: float, method: str, *,
         row = state.margins[i]
         mlist = [] if torch.isnan(row).all() else [float(m) for m in row]
         result.samples.append(SampleResult(i, int(y[i]), v, state.decided_by[i], mlist,
-                                           state.counterexamples.get(i), state.seconds[i]))
+                                           state.counterexamples.get(i), state.seconds[i],
+                                           state.trees.get(i)))
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -169,6 +173,7 @@ class _State:
     margins: torch.Tensor                      # (N, K-1), NaN where never bounded
     counterexamples: dict[int, torch.Tensor]
     seconds: list[float]
+    trees: dict[int, dict] = field(default_factory=dict)    # bab proofs, by position
 
     def open_indices(self) -> torch.Tensor:
         return torch.tensor([i for i, v in enumerate(self.verdict) if v == "open"],

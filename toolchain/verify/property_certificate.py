@@ -69,6 +69,8 @@ def build_property_certificate(loaded, outcomes, method: str, cert_path) -> dict
                  "seconds": float(o.seconds), "reason": o.reason}
         if o.counterexample is not None:
             entry["counterexample"] = encode_input(torch.from_numpy(o.counterexample))
+        if o.tree is not None:
+            entry["bab"] = o.tree
         entries.append(entry)
     n = len(entries)
     counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}
@@ -173,8 +175,10 @@ def _summary(cert: dict, source) -> None:
 
 
 def _check_verified(where, e, item, module, bounders, timeout: float) -> None:
-    """A sound procedure must prove it again: the bound it names, else the complete one
-    within ``timeout`` seconds."""
+    """A sound procedure must prove it again: the bound it names, a "bab" proof by
+    replaying its split tree, else the complete procedure it names, within
+    ``timeout`` seconds."""
+    from toolchain.verify.bab_tree import check_proof
     from toolchain.verify.complete import decide
     from toolchain.verify.vnncomp import (BOUND_METHODS, _bounder, _program, box32,
                                          refuted_by_bounds)
@@ -184,10 +188,19 @@ def _check_verified(where, e, item, module, bounders, timeout: float) -> None:
                                                              e["procedure"]):
         return
     lo, hi = box32(item.prop.lower, item.prop.upper, outward=True)
+    if e["procedure"] == "bab":
+        why = ("it carries no split tree ('bab')" if "bab" not in e else
+               check_proof(module, _bounder(module, bounders, shape), shape, lo, hi,
+                           item.prop.disjuncts, e["bab"], time_limit=timeout))
+        if why is not None:
+            raise GateFailed(f"{where}: claimed verified by bab, but its proof does not "
+                             f"re-check: {why}")
+        return
     d = decide(module, shape, lo, hi, item.prop.disjuncts, timeout=timeout,
                network=item.model.network, seed=e["index"],
                bounder=_bounder(module, bounders, shape),
-               program=_program(module, bounders, shape))
+               program=_program(module, bounders, shape),
+               procedure="milp" if e["procedure"] == "milp" else "bab")
     if d.status == "unknown" and d.reason.startswith("timeout"):
         raise GateFailed(f"{where}: claimed verified by {e['procedure']}, but it is not proved "
                          f"again within {timeout:g} s (the check's limit: the smaller of the "

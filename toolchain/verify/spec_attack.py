@@ -26,11 +26,13 @@ def unsafe_at(module, x: np.ndarray, input_shape, lower, upper, disjuncts) -> bo
 
 
 def spec_pgd(module, input_shape, lower, upper, disjuncts, *, steps: int = 100,
-             restarts: int = 10, seed: int = 0, step_fraction: float = 0.1):
+             restarts: int = 10, seed: int = 0, step_fraction: float = 0.1, starts=None):
     """A re-checked counterexample (float32, input shape) or ``None``.
 
     All restarts of all disjuncts run as one batch; the step per coordinate is
     ``step_fraction`` of the box's width there, shrinking over the steps.
+    ``starts`` (M inputs inside the box): start from these instead, each
+    against every disjunct (branch and bound passes its domains' points).
     """
     shape = (1,) + tuple(input_shape)
     lo = torch.as_tensor(np.asarray(lower, np.float32)).reshape(shape)
@@ -39,9 +41,14 @@ def spec_pgd(module, input_shape, lower, upper, disjuncts, *, steps: int = 100,
     n_d = len(disjuncts)
     rows = [torch.as_tensor(np.asarray(a, np.float32)) for a, _ in disjuncts]
     offs = [torch.as_tensor(np.asarray(c, np.float32)) for _, c in disjuncts]
-    starts = torch.rand((restarts * n_d,) + tuple(input_shape), generator=gen)
-    starts[0:n_d] = 0.5                        # one start at the box centre per disjunct
-    adv = lo + starts * (hi - lo)
+    if starts is None:
+        starts = torch.rand((restarts * n_d,) + tuple(input_shape), generator=gen)
+        starts[0:n_d] = 0.5                        # one start at the box centre per disjunct
+        adv = lo + starts * (hi - lo)
+    else:
+        points = torch.as_tensor(np.asarray(starts, np.float32)).reshape((-1,) + shape[1:])
+        restarts = len(points)
+        adv = torch.max(torch.min(points.repeat_interleave(n_d, 0), hi), lo)
     width = (hi - lo)
     module.eval()
     for t in range(steps):

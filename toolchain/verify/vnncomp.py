@@ -66,6 +66,7 @@ class Outcome:
     counterexample: np.ndarray | None = None  # float32, the network's input shape
     outputs: np.ndarray | None = None         # float32 outputs on the counterexample
     reason: str = ""
+    tree: dict | None = None                  # a "bab" proof: its leaves (complete.Decision)
 
     @property
     def verdict(self) -> str:
@@ -168,13 +169,15 @@ def check_sizes(prop, model, inst: Instance) -> None:
 
 # -- deciding --------------------------------------------------------------------
 
-def run_instances(loaded: list[Loaded], method: str, *, on_done=None) -> list[Outcome]:
+def run_instances(loaded: list[Loaded], method: str, *, on_done=None, procedure: str = "bab",
+                  clock=time.perf_counter) -> list[Outcome]:
     """Decide every instance with ``method``; ``on_done(outcome)`` after each.
 
     ``complete`` / ``all``: ``complete.decide`` (cheap bounds and PGD, then the
     complete procedure, within the instance's timeout). ``ibp`` / ``crown`` /
     ``alpha-crown``: that bound on the property's rows, then PGD; incomplete,
-    so what neither settles is ``unknown``.
+    so what neither settles is ``unknown``. ``procedure`` and ``clock`` go to
+    ``decide`` (benchmarks compare "bab" with "milp" and count CPU time).
     """
     if method not in BOUND_METHODS + COMPLETE_METHODS:
         raise VstError(f"unknown method {method!r} for properties; choose "
@@ -186,12 +189,12 @@ def run_instances(loaded: list[Loaded], method: str, *, on_done=None) -> list[Ou
         if key not in cache:
             cache[key] = (item.model.torch_module().eval(), {})
         module, bounders = cache[key]
-        t0 = time.perf_counter()
+        t0 = clock()
         if method in COMPLETE_METHODS:
-            outcome = _complete(item, module, bounders)
+            outcome = _complete(item, module, bounders, procedure, clock)
         else:
             outcome = _bounds_then_attack(item, module, bounders, method)
-        outcome.seconds = time.perf_counter() - t0
+        outcome.seconds = clock() - t0
         if outcome.result == "unknown" and outcome.seconds >= item.instance.timeout:
             outcome.result = "timeout"
         out.append(outcome)
@@ -200,7 +203,8 @@ def run_instances(loaded: list[Loaded], method: str, *, on_done=None) -> list[Ou
     return out
 
 
-def _complete(item: Loaded, module, bounders: dict) -> Outcome:
+def _complete(item: Loaded, module, bounders: dict, procedure: str = "bab",
+              clock=time.perf_counter) -> Outcome:
     """``complete.decide`` on the box rounded outward to float32 (a proof covers the
     exact box); a counterexample is then re-checked on the exact box."""
     from toolchain.verify.complete import decide
@@ -211,9 +215,9 @@ def _complete(item: Loaded, module, bounders: dict) -> Outcome:
     d = decide(module, shape, lo, hi, prop.disjuncts, timeout=inst.timeout,
                network=item.model.network, seed=inst.row,
                bounder=_bounder(module, bounders, shape),
-               program=_program(module, bounders, shape))
+               program=_program(module, bounders, shape), procedure=procedure, clock=clock)
     if d.status == "verified":
-        return Outcome(inst, "unsat", d.procedure, d.seconds)
+        return Outcome(inst, "unsat", d.procedure, d.seconds, tree=d.tree)
     if d.status == "falsified" and d.counterexample is not None:
         return _sat_or_unknown(item, module, bounders, d.counterexample, d.procedure)
     result = "timeout" if "timeout" in d.reason.lower() else "unknown"
