@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown, write  # noqa: E402
+from common import RESULTS, machine, markdown, train_natural, write  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -47,26 +47,12 @@ PROCEDURES = ("bab", "milp", "bab-only", "bab-widest")
 
 
 def natural_mlp(depth: int, data, epochs: int, seed: int = 0):
-    """784-256xdepth-10 trained with plain cross-entropy (Adam 1e-3, batch 64)."""
-    from toolchain.models.modelfile import VstModel
-    from toolchain.models.torch_build import build_torch
+    """784-256xdepth-10 trained with plain cross-entropy (``common.train_natural``),
+    and its clean test accuracy."""
     from toolchain.models.zoo import mlp
 
-    torch.manual_seed(seed)
-    net = mlp(data.input_shape, 10, widths=(256,) * depth)
-    module = build_torch(net)
-    opt = torch.optim.Adam(module.parameters(), 1e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(module(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    model = VstModel(net, state, record={"config": {"data": {"dataset": data.name}}})
+    model = train_natural(mlp(data.input_shape, 10, widths=(256,) * depth), data, epochs, seed)
+    module = model.torch_module().eval()
     with torch.no_grad():
         acc = float((module(torch.from_numpy(data.x_test)).argmax(1)
                      == torch.from_numpy(data.y_test)).float().mean())

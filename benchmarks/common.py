@@ -43,6 +43,31 @@ def evaluate(model, dataset, eps: float, methods=("ibp", "crown")) -> dict:
     return out
 
 
+def train_natural(net, data, epochs: int, seed: int = 0):
+    """``net`` (a vst Network) trained with plain cross-entropy (Adam 1e-3, batch 64),
+    no certified loss: the naturally trained nets of the complete-verification
+    benchmarks. Returns the VstModel."""
+    import torch
+
+    from toolchain.models.modelfile import VstModel
+    from toolchain.models.torch_build import build_torch
+
+    torch.manual_seed(seed)
+    module = build_torch(net)
+    opt = torch.optim.Adam(module.parameters(), 1e-3)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            b = perm[i:i + 64]
+            loss = torch.nn.functional.cross_entropy(module(x[b]), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    return VstModel(net, state, record={"config": {"data": {"dataset": data.name}}})
+
+
 def write(name: str, payload: dict, table: str) -> None:
     from toolchain.atomic import write_text
 

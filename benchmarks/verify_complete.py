@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown, write  # noqa: E402
+from common import machine, markdown, train_natural, write  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -50,26 +50,10 @@ INCOMPLETE = ("ibp", "crown", "alpha-crown")      # the cascade's steps before "
 
 
 def natural(arch: str, data, epochs: int, seed: int = 0):
-    """A zoo network trained with plain cross-entropy (Adam 1e-3, batch 64)."""
-    from toolchain.models.modelfile import VstModel
-    from toolchain.models.torch_build import build_torch
+    """A zoo network trained with plain cross-entropy (``common.train_natural``)."""
     from toolchain.models.zoo import build_network
 
-    torch.manual_seed(seed)
-    net = build_network(arch, data.input_shape, 10)
-    module = build_torch(net)
-    opt = torch.optim.Adam(module.parameters(), 1e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            b = perm[i:i + 64]
-            loss = torch.nn.functional.cross_entropy(module(x[b]), y[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-    return VstModel(net, state, record={"config": {"data": {"dataset": data.name}}})
+    return train_natural(build_network(arch, data.input_shape, 10), data, epochs, seed)
 
 
 def build_models(build: Path, data):

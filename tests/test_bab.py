@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from helpers import resum, tiny_mnist
-from test_complete import boundary_eps, box, check_against_grid, grid_outputs, tiny_net
+from test_complete import (boundary_eps, box, check_against_grid, grid_outputs, pruned_pair,
+                           tiny_net)
 from toolchain.epsbox import eps_box
 from toolchain.lirpa.bounds import Bounder
 from toolchain.verify.bab_tree import check_proof, tree_gap
@@ -129,25 +130,7 @@ def test_timeout_gives_unknown():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_masked_and_compacted_agree(seed):
-    net = tiny_net(200 + seed, hidden=(16, 16))
-    pruned = [1, 4, 5, 9, 12]
-    keep = [i for i in range(16) if i not in pruned]
-    with torch.no_grad():
-        net[0].weight[pruned] = 0.0
-        net[0].bias[pruned] = 0.0
-    small = torch.nn.Sequential(torch.nn.Linear(2, len(keep)), torch.nn.ReLU(),
-                                torch.nn.Linear(len(keep), 16), torch.nn.ReLU(),
-                                torch.nn.Linear(16, 3)).eval()
-    with torch.no_grad():
-        small[0].weight.copy_(net[0].weight[keep])
-        small[0].bias.copy_(net[0].bias[keep])
-        small[2].weight.copy_(net[2].weight[:, keep])
-        small[2].bias.copy_(net[2].bias)
-        small[4].load_state_dict(net[4].state_dict())
-    lower, upper, centre = box(200 + seed, eps=0.3)
-    with torch.no_grad():
-        label = int(net(torch.from_numpy(centre)[None]).argmax())
-    spec = classification_spec(label, 3)
+    net, small, lower, upper, spec = pruned_pair(seed)
     masked = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
     compacted = decide(small, (2,), lower, upper, spec, timeout=30, cheap=False)
     assert masked.status == compacted.status != "unknown", (masked.reason, compacted.reason)

@@ -102,10 +102,10 @@ def test_milp_alone_is_sound_and_complete_on_tiny_nets(seed, factor):
     assert full.status == d.status, (full.procedure, d.procedure)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_pruned_neurons_masked_and_compacted_agree(seed):
-    """Neurons with no weights and zero bias (a masked model's pruned channels) are
-    constant 0: the MILP fixes them, and the net without them decides alike."""
+def pruned_pair(seed):
+    """A tiny net with five first-layer neurons pruned (no weights, zero bias),
+    the same net with them removed, and a classification property on a box:
+    ``(masked, compacted, lower, upper, spec)``."""
     net = tiny_net(200 + seed, hidden=(16, 16))
     pruned = [1, 4, 5, 9, 12]
     keep = [i for i in range(16) if i not in pruned]
@@ -125,6 +125,14 @@ def test_pruned_neurons_masked_and_compacted_agree(seed):
     with torch.no_grad():
         label = int(net(torch.from_numpy(centre)[None]).argmax())
     spec = classification_spec(label, 3)
+    return net, small, lower, upper, spec
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pruned_neurons_masked_and_compacted_agree(seed):
+    """Neurons with no weights and zero bias (a masked model's pruned channels) are
+    constant 0: the MILP fixes them, and the net without them decides alike."""
+    net, small, lower, upper, spec = pruned_pair(seed)
     masked = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False, procedure="milp")
     compacted = decide(small, (2,), lower, upper, spec, timeout=30, cheap=False,
                        procedure="milp")
