@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from toolchain.export.keras_build import _keras
+
 QUANTILE = 0.99
 OUTLIER_RATIO = 4.0     # a sample is an outlier past 4x a layer's 99th percentile
 MAX_DROPPED = 0.02      # never more than 2% of the samples
@@ -31,8 +33,7 @@ MAX_DROPPED = 0.02      # never more than 2% of the samples
 
 def activation_maxima(keras_model, x_nhwc: np.ndarray) -> np.ndarray:
     """(samples, layers): each sample's largest ``|activation|`` in each layer's output."""
-    import keras
-
+    keras = _keras()
     layers = [layer for layer in keras_model.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     probe = keras.Model(keras_model.inputs, [layer.output for layer in layers])
