@@ -26,8 +26,9 @@ plan; the complete step it re-decides per claim instead.
 from __future__ import annotations
 
 BOUND_METHODS = ("ibp", "crown", "alpha-crown")
-# "crown" runs IBP first: it costs about 1/100 of CROWN, is sound, and on networks
-# trained with IBP alone it is often the tighter of the two (measured on the
+# "crown" runs IBP first: it is sound, cheaper than CROWN, and leaves CROWN only
+# the samples it does not prove (the default build's verify stage: 9.4 s -> 1.9 s);
+# on networks trained with IBP alone it is often the tighter of the two (the
 # graph zoo's resnet8, IBP-trained, eps 0.1: IBP 84.2% verified, CROWN 79.7%).
 CASCADES = {"ibp": ("ibp",), "crown": ("ibp", "crown"), "alpha-crown": ("alpha-crown",),
             "complete": ("complete",), "all": ("ibp", "crown", "alpha-crown", "complete")}
