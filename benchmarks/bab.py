@@ -20,7 +20,8 @@ recorded beside it. Run it niced, one process at a time, and in pieces:
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bab.py \\
         --nets 256x2 --eps 0.03 [--n 15] [--procedures bab,milp] [--append]
 
-Writes results/bab.{json,md} (``--append`` keeps the cells already there).
+Writes results/bab.{json,md}, or ``--name``'s (``--append`` keeps the cells already
+there).
 """
 
 from __future__ import annotations
@@ -145,10 +146,11 @@ def main() -> None:
     ap.add_argument("--procedures", default="bab,milp", help="of " + ", ".join(PROCEDURES))
     ap.add_argument("--rows", default="", help="only these instances.csv rows (1-based)")
     ap.add_argument("--append", action="store_true", help="keep the cells already written")
+    ap.add_argument("--name", default="bab", help="results/NAME.{json,md} (default bab)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_dataset("mnist5k")
-    old = RESULTS / "bab.json"
+    old = RESULTS / f"{args.name}.json"
     cells = json.loads(old.read_text())["cells"] if args.append and old.is_file() else {}
     for net in args.nets.split(","):
         model, acc = natural_mlp(NETS[net], data, args.epochs)
@@ -184,7 +186,7 @@ def _write(args, cells) -> None:
     table = markdown(("net", "clean acc", "eps", "complete step", "n", "proved", "falsified",
                       "timeouts", "settled", "median CPU s", "median wall s",
                       "BaB domains bounded", "unsound"), rows)
-    write("bab", {"machine": machine(), "args": vars(args), "cells": cells}, table)
+    write(args.name, {"machine": machine(), "args": vars(args), "cells": cells}, table)
 
 
 if __name__ == "__main__":
