@@ -120,17 +120,25 @@ class MilpEncoding:
 
     def _build(self, h, disjuncts) -> None:
         """Variables and rows of the network, then the objective ``s`` (``_objective``)."""
+        cols, nxt = self.encode(h, len(self.program.steps))
+        self._objective(h, disjuncts, cols, nxt)
+
+    def encode(self, h, upto: int, relax: bool = False):
+        """Variables and rows of the input and of the first ``upto`` nonlinear steps;
+        ``relax``: the binaries continuous in [0, 1] (the LP relaxation: each
+        unstable ReLU its triangle, ``verify/refine.py``). Returns the HiGHS column
+        of each variable per block (-1: none) and the next free column."""
         n0 = len(self.lower)
         h.addVars(n0, self.lower, self.upper)
-        cols = {0: np.arange(n0)}        # HiGHS column of each variable of a block (-1: none)
+        cols = {0: np.arange(n0)}
         nxt = n0
-        for step, (lo, hi) in zip(self.program.steps, self.bounds):
+        for step, (lo, hi) in list(zip(self.program.steps, self.bounds))[:upto]:
             rows = Rows(step.pre, cols)
             if isinstance(step, Relu):
-                cols[step.block], nxt = relu_rows(h, rows, step.pre.bias, lo, hi, nxt)
+                cols[step.block], nxt = relu_rows(h, rows, step.pre.bias, lo, hi, nxt, relax)
             else:
                 cols[step.block], nxt = maxpool_rows(h, rows, step, lo, hi, nxt)
-        self._objective(h, disjuncts, cols, nxt)
+        return cols, nxt
 
     def _objective(self, h, disjuncts, cols, s_col) -> None:
         """Minimize ``s`` with ``s >= A_i y - c_i`` for the rows of the disjunct."""

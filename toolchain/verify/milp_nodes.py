@@ -73,16 +73,18 @@ def _ok(status) -> None:
         raise VstError("MILP: HiGHS rejected a row of the encoding (internal error)")
 
 
-def _binaries(h, count: int, first: int) -> np.ndarray:
+def _binaries(h, count: int, first: int, relax: bool = False) -> np.ndarray:
     cols = np.arange(first, first + count)
     if count:
         h.addVars(count, np.zeros(count), np.ones(count))
+    if count and not relax:
         h.changeColsIntegrality(count, cols.astype(np.int32), np.ones(count, dtype=np.uint8))
     return cols
 
 
-def relu_rows(h, rows: Rows, bias, lo, hi, nxt: int):
-    """ReLU rows (module doc); returns the columns of its outputs (-1: dead) and the next."""
+def relu_rows(h, rows: Rows, bias, lo, hi, nxt: int, relax: bool = False):
+    """ReLU rows (module doc); returns the columns of its outputs (-1: dead) and the next.
+    ``relax``: the binaries continuous (the triangle relaxation)."""
     inf = highs_inf()
     dead = hi <= 0
     active = (lo >= 0) & ~dead          # a constant 0 neuron is dead, not both
@@ -93,7 +95,7 @@ def relu_rows(h, rows: Rows, bias, lo, hi, nxt: int):
     new_cols[keep] = np.arange(nxt, nxt + len(keep))
     nxt += len(keep)
     unst = np.nonzero(unstable)[0]
-    d_cols = _binaries(h, len(unst), nxt)
+    d_cols = _binaries(h, len(unst), nxt, relax)
     nxt += len(unst)
     act = np.nonzero(active)[0]
     rows.add(h, act, new_cols[act], 1.0, bias[act], bias[act])             # h = z
