@@ -30,9 +30,9 @@ sampled points by ``tests/test_bab.py``); on graphs it needed mend 11 of
 ``compat.py`` (the best betas restored by the wrong index), and through max
 pooling it fails on batches (``refusal``). It prints "all verified at ..."
 on stdout when every domain of a batch is settled, which is swallowed here.
-Not done: alpha re-used from the parent domain (each pass starts alpha from
-CROWN's slopes) and intermediate bounds refined by an LP or MILP (issue 25,
-item 2).
+The root's intermediate bounds may be given (``root``): ``complete.decide``
+passes the tighter of CROWN's and alpha-CROWN's (and any refined by LP,
+``verify/refine.py``); every domain's reference bounds start from them.
 
 The pass also gives what branching needs: per domain and ReLU, a BaBSR-style
 score (Bunel et al. 2020) from CROWN's coefficient ``lam`` of the ReLU's
@@ -95,7 +95,7 @@ class SplitBounder:
     ``Bounder`` of the network (which ``refusal`` must pass)."""
 
     def __init__(self, bounder, lower, upper, c, *, iterations: int = 20,
-                 lr_beta: float = 0.05) -> None:
+                 lr_beta: float = 0.05, root=None) -> None:
         self.bounder = bounder
         self.iterations, self.lr_beta = int(iterations), float(lr_beta)
         shape = (1,) + bounder.input_shape
@@ -105,7 +105,7 @@ class SplitBounder:
         model = bounder._bounded
         self.relus = list(model.relus)
         self.sizes = []
-        self._root_bounds()
+        self._root_bounds(root)
         self._bias = [self._pre_bias(r, n) for r, n in zip(self.relus, self.sizes)]
         self._first = [r.inputs[0].name for r in self.relus
                        if type(r.inputs[0]).__name__ in ("BoundLinear", "BoundConv")
@@ -113,8 +113,10 @@ class SplitBounder:
 
     # -- the root ----------------------------------------------------------------
 
-    def _root_bounds(self) -> None:
-        """CROWN over the box: each ReLU's pre-activation bounds, shape (1, n_i)."""
+    def _root_bounds(self, given=None) -> None:
+        """CROWN over the box: each ReLU's pre-activation bounds, shape (1, n_i),
+        intersected with ``given`` (None, or per ReLU sound ``(lo, hi)`` flat float64
+        over the box: alpha-CROWN's, refined ones, ``complete.decide``)."""
         self.bounder.sync()
         with torch.no_grad(), _quiet():
             self.root_lower = self.bounder._bounded.compute_bounds(
@@ -123,6 +125,10 @@ class SplitBounder:
         for r in self.relus:
             pre = r.inputs[0]
             lo, hi = pre.lower.detach().reshape(1, -1), pre.upper.detach().reshape(1, -1)
+            if given is not None:
+                g_lo, g_hi = (torch.as_tensor(np.asarray(v, np.float32).reshape(1, -1))
+                              for v in given[len(self.root)])
+                lo, hi = torch.maximum(lo, g_lo), torch.minimum(hi, g_hi)
             self.root.append((lo.clone(), hi.clone()))
             self.sizes.append(lo.shape[1])
 

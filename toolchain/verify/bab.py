@@ -91,13 +91,15 @@ class Property:
 
 def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
                      time_left, seed: int = 0, heuristic: str | None = None,
-                     batch: int = BATCH, exact=None) -> BabResult:
+                     batch: int = BATCH, exact=None, root=None) -> BabResult:
     """Decide the property by branch and bound within ``time_left()`` seconds.
 
     ``bounder``: a ``Bounder`` of ``module`` that allows CROWN. ``disjuncts``:
     the (A, c) still open. ``exact(relus, lower)``: decides a domain with no
     unstable ReLU from its pre-activation bounds (``DomainBounds.relus``),
-    returning a ``complete.Decision``. Checks the clock between rounds, so it
+    returning a ``complete.Decision``. ``root``: per ReLU sound pre-activation
+    bounds over the box to start from (``SplitBounder``'s ``root``), or None.
+    Checks the clock between rounds, so it
     may overrun by one round's bounding.
     """
     from toolchain.lirpa.splits import SplitBounder
@@ -108,7 +110,7 @@ def branch_and_bound(module, bounder, input_shape, lower, upper, disjuncts, *,
         raise ValueError(f"unknown branching heuristic {heuristic!r}")
     prop = Property(disjuncts)
     shape = tuple(input_shape)
-    sb = SplitBounder(bounder, lower, upper, prop.rows)
+    sb = SplitBounder(bounder, lower, upper, prop.rows, root=root)
     root = sb.bound([()], prop.open_rows, settled=prop.settled)
     count, leaves, heap, tick = 1, [], [], 0
 

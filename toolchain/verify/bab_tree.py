@@ -15,7 +15,11 @@ refuted again by CROWN or alpha-CROWN over the box; (2) the leaves are exactly
 the leaves of a binary tree of splits rooted at the box (``tree_gap``): at
 every node both signs of one neuron, no neuron split twice on a path, no leaf
 twice, so together they cover the box; a removed or altered leaf leaves a
-hole; (3) every leaf's bound, recomputed from its split set alone, refutes
+hole; (3) the root's ReLU bounds are re-derived as the search had them
+(``"root": "alpha-crown"``: the tighter of CROWN's and alpha-CROWN's; each
+``"refined"`` bound ``[relu, neuron, lower, upper]`` re-solved by its LP,
+``refine.check``, a forged one rejected); (4) every leaf's bound, recomputed
+from its split set and those root bounds alone, refutes
 every open disjunct (or shows the leaf empty); a leaf with no unstable ReLU
 left that the bound does not settle is decided by the same LP as in the
 search (``complete.fixed_domain``). It stops with a reason as
@@ -84,10 +88,13 @@ def check_proof(module, bounder, input_shape, lower, upper, disjuncts, tree, *,
         return refusal(bounder)
     sub = [disjuncts[d] for d in opened]
     prop = Property(sub)
-    exact = fixed_domain(module, input_shape, lower, upper, sub,
-                         lambda: time_limit - (time.perf_counter() - t0))
+    left = lambda: time_limit - (time.perf_counter() - t0)        # noqa: E731
+    exact = fixed_domain(module, input_shape, lower, upper, sub, left)
+    root, why = _root(module, bounder, input_shape, lower, upper, disjuncts, tree, left)
+    if why:
+        return why
     try:
-        sb = SplitBounder(bounder, lower, upper, prop.rows)
+        sb = SplitBounder(bounder, lower, upper, prop.rows, root=root)
         leaves = [tuple(tuple(s) for s in leaf) for leaf in tree["leaves"]]
         for i in range(0, len(leaves), batch):
             if time.perf_counter() - t0 > time_limit:
@@ -106,6 +113,29 @@ def check_proof(module, bounder, input_shape, lower, upper, disjuncts, tree, *,
     except ValueError as exc:            # a split naming no neuron of this network
         return str(exc)
     return None
+
+
+def _root(module, bounder, shape, lower, upper, disjuncts, tree, time_left):
+    """The root's ReLU bounds the proof's leaves were bounded from, re-derived:
+    None (CROWN's) for a proof without "root"; with "root": "alpha-crown" the
+    tighter of CROWN's and alpha-CROWN's over the property's rows
+    (``complete.root_relus``), then every "refined" bound re-solved
+    (``refine.check``). Returns (bounds, "") or (None, why not)."""
+    if "root" not in tree:
+        return None, ""
+    from toolchain.verify.complete import root_relus
+
+    relus = root_relus(bounder, lower, upper, disjuncts)
+    if relus is None:
+        return None, "the network gives no CROWN bounds for its ReLUs"
+    if not tree.get("refined"):
+        return relus, ""
+    from toolchain.verify.affine_program import read_program
+    from toolchain.verify.refine import check
+
+    relus, why = check(read_program(module, shape), lower, upper, relus, tree["refined"],
+                       time_left=time_left)
+    return relus, why and f"a refined intermediate bound does not re-check: {why}"
 
 
 def _refuted_at_root(bounder, lower, upper, disjuncts) -> bool:

@@ -214,6 +214,20 @@ def validate_bab_tree(tree, where: str, source: str) -> None:
                 and s[2] in (0, 1) and not isinstance(s[2], bool) for s in leaf)):
             raise _bad(source, f"{where}.leaves[{k}]",
                        "a list of splits [relu, neuron, 0 or 1]", leaf)
+    if "root" in tree and tree["root"] not in ("alpha-crown",):
+        raise _bad(source, f"{where}.root", '"alpha-crown" (the root\'s ReLU bounds)',
+                   tree["root"])
+    refined = tree.get("refined", [])
+    if not isinstance(refined, list):
+        raise _bad(source, f"{where}.refined", "a list of refined bounds", refined)
+    for k, e in enumerate(refined):
+        if not (isinstance(e, list) and len(e) == 4 and _nonneg_int(e[0]) and _nonneg_int(e[1])
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in e[2:]) and e[2] <= e[3]):
+            raise _bad(source, f"{where}.refined[{k}]",
+                       "[relu, neuron, lower, upper] with finite lower <= upper", e)
+    if refined and "root" not in tree:
+        raise _bad(source, f"{where}.root", '"alpha-crown" beside refined bounds', None)
 
 
 # -- property certificates (vst verify --vnnlib; property_certificate.py) --------

@@ -71,6 +71,12 @@ BAB_SHARE = 0.5
 # The most a certificate check spends re-proving one claim. The checker sets it
 # (--timeout), never the certificate: a certificate's own timeout can only lower it.
 RECHECK_TIMEOUT = 300.0
+# ReLU layers refined by LP before branch and bound (refine.py; 0: none). Measured on
+# the mnistfc-shaped MLPs (benchmarks/README.md, "Branch and bound"): the LP bounds
+# of layer 2 equal alpha-CROWN's to 1e-5 (alpha-CROWN optimizes every intermediate
+# neuron's slopes, which reaches the same triangle relaxation), so the LP costs time
+# (4 CPU s for layer 2 of 256x4, 90 s with layer 3) and stabilizes no neuron: off.
+REFINE_LAYERS = 0
 
 
 @dataclass
@@ -137,10 +143,10 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
                    seed=seed) if cheap and open_ else None
     if adv is not None:
         return done("falsified", "pgd", counterexample=adv.reshape(shape), bounds=best)
+    root = None
     if "alpha-crown" not in bounder.refused:
-        lb2, relus2 = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "alpha-crown")
-        best = np.maximum(best, lb2.double().cpu().numpy())
-        relus = _tighter(relus, relus2)
+        best, relus = _with_alpha(bounder, lower, upper, rows, best, relus)
+        root = "alpha-crown"
     open_ = _open(best, offsets, owner, len(disjuncts)) if cheap else list(range(len(disjuncts)))
     if not open_:
         return done("verified", "alpha-crown", bounds=best)
@@ -153,8 +159,19 @@ def decide(module, input_shape, lower, upper, disjuncts, *, timeout: float, netw
     if procedure == "bab" and refusal(bounder) is None:
         budget = BAB_SHARE * (timeout - elapsed())
         start = elapsed()
+        record = []
+        if REFINE_LAYERS and root is not None:
+            from toolchain.verify.affine_program import ProgramReader
+            from toolchain.verify.refine import SHARE, refine
+
+            program = program or ProgramReader(module, shape)
+            until = start + SHARE * budget
+            ref = refine(program(), lower, upper, relus, layers=REFINE_LAYERS,
+                         time_left=lambda: until - elapsed())
+            relus, record = ref.bounds, ref.record
         d = _bab(module, bounder, shape, lower, upper, disjuncts, open_, best,
-                 start + budget, elapsed, seed, program)
+                 start + budget, elapsed, seed, program,
+                 root and {"root": root, "bounds": relus, "refined": record})
         if d.status != "unknown" or BAB_SHARE >= 1:
             return d
         bab_why = f"branch and bound: {d.reason}; then "
@@ -216,19 +233,27 @@ def _milp(module, shape, lower, upper, disjuncts, open_, relus, best, offsets, o
 
 
 def _bab(module, bounder, shape, lower, upper, disjuncts, open_, best, timeout, elapsed,
-         seed, program) -> Decision:
+         seed, program, root) -> Decision:
     """Step 4 by branch and bound over ReLU splits (``bab.py``) on the open disjuncts;
-    a proof keeps its split tree (``bab_tree.py``)."""
+    a proof keeps its split tree (``bab_tree.py``). ``root``: None (the root's ReLU
+    bounds are CROWN's), or {"root": "alpha-crown", "bounds": the ReLU bounds
+    to start from, "refined": the LP-refined ones among them (``refine.py``)},
+    recorded in the tree for the checker."""
     from toolchain.verify.bab import HEURISTICS, branch_and_bound
 
     sub = [disjuncts[d] for d in open_]
     res = branch_and_bound(module, bounder, shape, lower, upper, sub,
                            time_left=lambda: timeout - elapsed(), seed=seed,
                            exact=fixed_domain(module, shape, lower, upper, sub,
-                                              lambda: timeout - elapsed(), program))
+                                              lambda: timeout - elapsed(), program),
+                           root=root and root["bounds"])
     if res.status == "verified":
         tree = {"domains": res.domains, "heuristic": HEURISTICS[0], "open": list(open_),
                 "leaves": [[list(s) for s in leaf] for leaf in res.leaves]}
+        if root:
+            tree["root"] = root["root"]
+            if root["refined"]:
+                tree["refined"] = root["refined"]
         return Decision("verified", "bab", elapsed(), bounds=best, tree=tree)
     if res.status == "falsified":
         return Decision("falsified", "bab", elapsed(), counterexample=res.counterexample,
@@ -273,6 +298,22 @@ def fixed_domain(module, shape, lower, upper, disjuncts, time_left, program=None
         return Decision("verified", "bab", 0.0)
 
     return exact
+
+
+def root_relus(bounder, lower, upper, disjuncts):
+    """Per ReLU the tighter of CROWN's and alpha-CROWN's pre-activation bounds over
+    the box for the rows of all ``disjuncts``: what ``decide`` gives branch and
+    bound as the root's (a proof's ``"root": "alpha-crown"``), for the checker."""
+    rows = np.concatenate([np.atleast_2d(a) for a, _ in disjuncts])
+    lb, relus = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "crown")
+    return _with_alpha(bounder, lower, upper, rows, lb.double().cpu().numpy(), relus)[1]
+
+
+def _with_alpha(bounder, lower, upper, rows, best, relus):
+    """alpha-CROWN over the box: the rows' lower bounds and the ReLU bounds, each
+    the tighter of it and ``best`` / ``relus``."""
+    lb2, relus2 = bounder.box_bounds(lower, upper, torch.from_numpy(rows), "alpha-crown")
+    return np.maximum(best, lb2.double().cpu().numpy()), _tighter(relus, relus2)
 
 
 def _tighter(a, b):
