@@ -5,6 +5,9 @@
     {"domains": 913, "heuristic": "babsr", "open": [2, 5],
      "leaves": [[[0, 17, 1], [2, 140, 0]], [[0, 17, 1], [2, 140, 1]], [[0, 17, 0]]]}
 
+(plus ``"root": "alpha-crown"`` when the root's ReLU bounds were the tighter of
+CROWN's and alpha-CROWN's, and ``"refined": [[relu, neuron, lower, upper], ...]``
+when some were refined by LP, ``verify/refine.py``; without "root": CROWN's).
 ``open``: the disjuncts (indices into the property's disjunction) left to branch
 and bound after CROWN / alpha-CROWN refuted the others over the whole box;
 ``leaves``: the split sets of the tree's leaves, each in the order the splits
