@@ -18,9 +18,9 @@ from toolchain.verify.bab_tree import check_proof, tree_gap
 from toolchain.verify.complete import classification_spec, decide
 
 
-def hard_property(seed, factor):
+def hard_property(seed, factor, hidden=None):
     """A box just inside or beyond the robustness radius of a random tiny net."""
-    net = tiny_net(300 + seed, hidden=(8, 16) if seed % 2 else (12, 12))
+    net = tiny_net(300 + seed, hidden=hidden or ((8, 16) if seed % 2 else (12, 12)))
     rng = np.random.default_rng(seed)
     for _ in range(100):
         centre = rng.uniform(0.2, 0.8, 2).astype(np.float32)

@@ -51,12 +51,15 @@ def test_refined_bounds_hold_on_sampled_points_and_tighten_crown(seed):
     assert why == "" and all(np.allclose(a[0], b[0]) for a, b in zip(bounds, ref.bounds))
 
 
-@pytest.mark.parametrize("factor", [0.9, 1.1])
+DEEP = (16, 16, 16)       # three ReLU layers: layers 2 and 3 are refined
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.02, 1.1])
 @pytest.mark.parametrize("seed", range(6))
 def test_bab_with_refinement_never_verifies_what_the_grid_falsifies(seed, factor,
                                                                      monkeypatch):
-    monkeypatch.setattr(complete, "REFINE_LAYERS", 1)
-    net, lower, upper, spec = hard_property(seed, factor)
+    monkeypatch.setattr(complete, "REFINE_LAYERS", 2)
+    net, lower, upper, spec = hard_property(seed, factor, DEEP)
     d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
     assert d.status in ("verified", "falsified"), d.reason
     unsafe = check_against_grid(net, lower, upper, spec, d)
@@ -74,7 +77,7 @@ def test_a_forged_refined_bound_is_rejected(monkeypatch):
     claims CROWN's root is refused."""
     monkeypatch.setattr(complete, "REFINE_LAYERS", 2)
     for seed in range(8):
-        net, lower, upper, spec = hard_property(seed, 0.9)
+        net, lower, upper, spec = hard_property(seed, 0.9, DEEP)
         d = decide(net, (2,), lower, upper, spec, timeout=30, cheap=False)
         if d.status == "verified" and d.procedure == "bab" and d.tree.get("refined"):
             break
