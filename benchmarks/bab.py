@@ -43,8 +43,9 @@ import torch  # noqa: E402
 NETS = {"256x2": 2, "256x4": 4, "256x6": 6}
 # bab: the cascade's complete step (branch and bound, then the MILP on what it left
 # open); milp: the MILP alone (the cascade before issue 25); bab-only / bab-widest:
-# branch and bound alone for the whole budget, BaBSR or widest-interval branching.
-PROCEDURES = ("bab", "milp", "bab-only", "bab-widest")
+# branch and bound alone for the whole budget, BaBSR or widest-interval branching;
+# bab-refine: bab after the LP refinement of ReLU layer 2 (verify/refine.py).
+PROCEDURES = ("bab", "milp", "bab-only", "bab-widest", "bab-refine")
 
 
 def natural_mlp(depth: int, data, epochs: int, seed: int = 0):
@@ -72,12 +73,20 @@ def instances(model, data, eps: float, n: int, timeout: float, folder: Path):
 
 
 def run_cell(loaded, procedure: str, rows=None) -> list[dict]:
-    from toolchain.verify import bab, complete
+    from toolchain.verify import bab, complete, refine
     from toolchain.verify.spec_attack import spec_pgd
     from toolchain.verify.vnncomp import box32, run_instances
 
     name = "milp" if procedure == "milp" else "bab"
-    saved = bab.HEURISTICS, complete.BAB_SHARE
+    saved = bab.HEURISTICS, complete.BAB_SHARE, complete.REFINE_LAYERS, refine.refine
+    spent = []                            # per refinement: (seconds, LPs, stabilized)
+
+    def timed(*a, **kw):
+        out = saved[3](*a, **kw)
+        spent.append((out.seconds, out.lps, out.stabilized))
+        return out
+    if procedure == "bab-refine":
+        complete.REFINE_LAYERS, refine.refine = 1, timed
     if procedure == "bab-widest":
         bab.HEURISTICS = ("widest", "babsr")
     if procedure in ("bab-only", "bab-widest"):
@@ -88,6 +97,7 @@ def run_cell(loaded, procedure: str, rows=None) -> list[dict]:
             if rows and item.instance.row not in rows:
                 continue
             wall = time.perf_counter()
+            spent.clear()
             o = run_instances([item], "all", procedure=name, clock=time.process_time)[0]
             wall = time.perf_counter() - wall
             broken = False
@@ -104,11 +114,12 @@ def run_cell(loaded, procedure: str, rows=None) -> list[dict]:
                         "domains": tree.get("domains", _open_domains(o.reason)),
                         "leaves": len(tree.get("leaves", [])),
                         "ort_rechecked": o.verdict == "falsified",
+                        "refine": [list(x) for x in spent],
                         "pgd_breaks_verified": broken})
             print(f"    {procedure} prop {item.instance.row}: {o.result} by {o.procedure} in "
                   f"{o.seconds:.1f} CPU s ({wall:.0f} s wall) {o.reason[:90]}", flush=True)
     finally:
-        bab.HEURISTICS, complete.BAB_SHARE = saved
+        bab.HEURISTICS, complete.BAB_SHARE, complete.REFINE_LAYERS, refine.refine = saved
     return out
 
 
