@@ -6,7 +6,10 @@ results/pareto_grid_<arch>_<density>.png, CROWN-verified accuracy (mean, sd
 over seeds) against training time. Time is CPU seconds of the one-thread run
 (its wall time on an idle core; the wall seconds are in the JSON too).
 
-    .venv/bin/python benchmarks/grid_report.py [--name grid]
+    .venv/bin/python benchmarks/grid_report.py [--name grid] [--merge a b ...]
+
+``--merge`` adds the runs of other result files (pieces run on other
+machines or under other names) to ``--name``; a run already there is kept.
 """
 
 from __future__ import annotations
@@ -162,12 +165,35 @@ def _z(v) -> float:
     return 0.0 if v != v else v
 
 
+def merge(results: list[dict], more: list[dict]) -> list[dict]:
+    """``results`` plus the runs of ``more`` whose grid point is not there yet."""
+    seen = {key(r) for r in results}
+    out = list(results)
+    for r in more:
+        if key(r) not in seen:
+            seen.add(key(r))
+            out.append(r)
+    return sorted(out, key=key)
+
+
+def key(r: dict) -> tuple:
+    """A run's grid point."""
+    return (r["arch"], r["density"], r["method"], r["schedule"], r["budget"], r["seed"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", default="grid")
+    ap.add_argument("--merge", nargs="*", default=[], help="result names to add to --name")
     args = ap.parse_args()
-    results = json.loads((RESULTS / f"{args.name}.json").read_text())["results"]
-    text = report(results)
+    path = RESULTS / f"{args.name}.json"
+    payload = json.loads(path.read_text())
+    for name in args.merge:
+        more = json.loads((RESULTS / f"{name}.json").read_text())["results"]
+        payload["results"] = merge(payload["results"], more)
+    if args.merge:
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+    text = report(payload["results"])
     (RESULTS / f"{args.name}.md").write_text(text + "\n")
     print(text)
 

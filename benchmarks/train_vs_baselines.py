@@ -48,6 +48,7 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, evaluate, machine, write  # noqa: E402
+from grid_report import key, report  # noqa: E402
 
 EPS = 0.1
 BASE_EPOCHS = 30
@@ -82,7 +83,7 @@ def config(arch: str, density: float, method: str, schedule: str, budget: float,
         "verify": {"eps": EPS}})
 
 
-def run_one(key: tuple) -> dict:
+def run_one(point: tuple) -> dict:
     """One grid point in this (fresh) process: train on one thread, evaluate."""
     import torch
 
@@ -90,7 +91,7 @@ def run_one(key: tuple) -> dict:
     from toolchain.train.loop import split_validation
     from toolchain.train.trainer import train
 
-    arch, density, method, schedule, budget, seed = key
+    arch, density, method, schedule, budget, seed = point
     torch.set_num_threads(1)
     data = load_dataset("mnist5k")
     cfg = config(arch, density, method, schedule, budget, seed)
@@ -140,7 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     path = RESULTS / f"{args.name}.json"
     results = json.loads(path.read_text())["results"] if path.exists() else []
-    done = {_key(r) for r in results}
+    done = {key(r) for r in results}
     todo = [k for k in grid(args) if k not in done]
     print(f"{len(todo)} runs to do, {len(done)} already in {path.name}", flush=True)
     # spawn: a fresh interpreter per run (maxtasksperchild), no torch state shared
@@ -156,14 +157,8 @@ def main() -> None:
             _save(args.name, results)
 
 
-def _key(r: dict) -> tuple:
-    return (r["arch"], r["density"], r["method"], r["schedule"], r["budget"], r["seed"])
-
-
 def _save(name: str, results: list[dict]) -> None:
-    from grid_report import report
-
-    results = sorted(results, key=_key)
+    results = sorted(results, key=key)
     write(name, {"machine": machine(), "eps": EPS, "dataset": "mnist5k",
                  "base_epochs": BASE_EPOCHS, "threads_per_run": 1, "results": results},
           report(results, plots=False))
