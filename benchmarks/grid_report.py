@@ -71,10 +71,14 @@ def aims(summary: list[dict]) -> list[tuple]:
                 continue
             diff = best["crown_verified_acc"] - h["crown_verified_acc"]
             sd = max(best["crown_verified_acc_sd"], h["crown_verified_acc_sd"])
-            met = diff >= 0 and diff > sd
+            if diff < 0:
+                verdict = "no"
+            elif sd != sd:                      # one seed on a side: no spread to beat
+                verdict = "ahead, one seed (no sd)"
+            else:
+                verdict = "yes" if diff > sd else "tie within sd"
             rows.append((arch, density, _name(h), _point(h), f"{_name(best)}: {_point(best)}",
-                         f"{100 * diff:+.1f} (sd {100 * sd:.1f})",
-                         "yes" if met else ("tie within sd" if diff >= 0 else "no")))
+                         f"{100 * diff:+.1f} (sd {100 * sd:.1f})", verdict))
     return rows
 
 

@@ -77,6 +77,10 @@ def test_half_time_aim_needs_a_win_larger_than_one_sd():
     (row,) = grid_report.aims(grid_report.summarize(hydra + close))
     assert row[-1] == "tie within sd"
 
+    lone = [_run("verisparse-gradual-structured", "ibp", 1, 0, 50.0, 0.9)]
+    (row,) = grid_report.aims(grid_report.summarize(hydra + lone))
+    assert row[-1] == "ahead, one seed (no sd)"
+
     worse = _three("verisparse-gradual-structured", "ibp", 1, 50.0, [0.70] * 3)
     (row,) = grid_report.aims(grid_report.summarize(hydra + worse))
     assert row[-1] == "no"
