@@ -123,7 +123,9 @@ def plot(summary: list[dict]) -> list[str]:
     files = []
     for arch, density in panels(summary):
         cell = in_panel(summary, arch, density)
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 4.5))
+        methods = sorted({s["method"] for s in cell})
+        colors = {m: plt.cm.tab10(i) for i, m in enumerate(methods)}   # a colour per method
         for method, schedule in sorted({(s["method"], s["schedule"]) for s in cell}):
             pts = sorted((s for s in cell if (s["method"], s["schedule"]) == (method, schedule)),
                          key=lambda s: s["cpu_seconds"])
@@ -133,13 +135,13 @@ def plot(summary: list[dict]) -> list[str]:
                         yerr=[100 * _z(p["crown_verified_acc_sd"]) for p in pts],
                         marker="o" if schedule == "crown-ibp" else "s",
                         linestyle="-" if schedule == "crown-ibp" else "--", capsize=3,
-                        label=f"{method} ({schedule})")
+                        color=colors[method], label=f"{method} ({schedule})")
         ax.set_xscale("log")
         ax.set_xlabel("training time (CPU s, one thread)")
         ax.set_ylabel("CROWN-verified accuracy (%), eps 0.1")
         ax.set_title(f"{arch}, density {density} (mean ± sd over seeds)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=6.5, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         name = f"pareto_grid_{arch}_{density}.png"
         fig.tight_layout()
         fig.savefig(RESULTS / name, dpi=110)
