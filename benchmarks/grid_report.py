@@ -83,12 +83,22 @@ def aims(summary: list[dict]) -> list[tuple]:
 
 
 def default_choice(summary: list[dict], arch="cnn_4layer", density=0.3) -> list[tuple]:
-    """The default method's schedules on the default build's cell, by validation."""
+    """The default method's schedules on the default build's cell, ranked by mean
+    validation CROWN-verified accuracy (never the test split's). The pick: the
+    cheapest schedule whose validation mean is within one sd (the best's) of the
+    best, since 200 validation images per seed cannot tell closer apart."""
     cands = [s for s in summary if (s["arch"], s["density"], s["method"])
-             == (arch, density, OURS)]
+             == (arch, density, OURS) and len(s["seeds"]) > 1]
+    if not cands:
+        return []
     cands.sort(key=lambda s: -s["val_crown_verified_acc"])
+    best = cands[0]
+    near = [s for s in cands if s["val_crown_verified_acc"]
+            >= best["val_crown_verified_acc"] - best["val_crown_verified_acc_sd"]]
+    pick = min(near, key=lambda s: s["cpu_seconds"])
     return [(_name(s), len(s["seeds"]), f"{s['cpu_seconds']:.0f}",
-             _pct(s, "val_crown_verified_acc"), _pct(s, "crown_verified_acc")) for s in cands]
+             _pct(s, "val_crown_verified_acc"), _pct(s, "crown_verified_acc"),
+             "picked" if s is pick else "") for s in cands]
 
 
 def report(results: list[dict], plots: bool = True) -> str:
@@ -109,7 +119,7 @@ def report(results: list[dict], plots: bool = True) -> str:
     if choice:
         text += "\n\nThe default method's schedules on cnn_4layer 0.3, by validation:\n\n"
         text += markdown(("schedule", "seeds", "CPU s", "val CROWN-verified",
-                          "test CROWN-verified"), choice)
+                          "test CROWN-verified", "default"), choice)
     if plots:
         text += "\n\nPlots: " + ", ".join(plot(summary)) + "\n"
     return text

@@ -88,12 +88,26 @@ def test_half_time_aim_needs_a_win_larger_than_one_sd():
 
 def test_default_schedule_is_ranked_by_validation_not_test():
     kw = {"arch": "cnn_4layer", "density": 0.3}
-    a = [_run("verisparse-gradual-structured", "crown-ibp", 1, s, 100, 0.95, val=0.80, **kw)
-         for s in range(3)]
-    b = [_run("verisparse-gradual-structured", "ibp", 2, s, 90, 0.70, val=0.90, **kw)
-         for s in range(3)]
+    a = [_run("verisparse-gradual-structured", "crown-ibp", 1, s, 100, 0.95, val=v, **kw)
+         for s, v in enumerate([0.80, 0.81, 0.79])]
+    b = [_run("verisparse-gradual-structured", "ibp", 2, s, 90, 0.70, val=v, **kw)
+         for s, v in enumerate([0.90, 0.91, 0.89])]
     ranked = grid_report.default_choice(grid_report.summarize(a + b))
     assert [r[0] for r in ranked] == ["ibp 2x", "crown-ibp 1x"]
+    assert [r[-1] for r in ranked] == ["picked", ""]
+
+
+def test_default_pick_is_the_cheapest_within_one_sd_of_the_best():
+    kw = {"arch": "cnn_4layer", "density": 0.3}
+    slow = [_run("verisparse-gradual-structured", "crown-ibp", 1, s, 200, 0.9, val=v, **kw)
+            for s, v in enumerate([0.88, 0.90, 0.92])]             # mean 0.90, sd 0.02
+    cheap = [_run("verisparse-gradual-structured", "ibp", 1, s, 50, 0.9, val=v, **kw)
+             for s, v in enumerate([0.88, 0.89, 0.90])]           # mean 0.89: within
+    worse = [_run("verisparse-gradual-structured", "ibp", 0.5, s, 25, 0.8, val=v, **kw)
+             for s, v in enumerate([0.85, 0.86, 0.87])]           # mean 0.86: not
+    ranked = grid_report.default_choice(grid_report.summarize(slow + cheap + worse))
+    assert {r[0]: r[-1] for r in ranked} == {"crown-ibp 1x": "", "ibp 1x": "picked",
+                                             "ibp 0.5x": ""}
 
 
 def test_merge_keeps_the_first_run_of_a_grid_point():
