@@ -2,8 +2,8 @@
 
 Reads what ``train_vs_baselines.py`` wrote (results/grid.json) and writes
 results/grid.md and one plot per (architecture, density):
-results/pareto_grid_<arch>_<density>.png, CROWN-verified accuracy (mean, sd
-over seeds) against training time. Time is CPU seconds of the one-thread run
+results/pareto_grid_<arch>_<density>.png, verified accuracy (the larger of IBP- and
+CROWN-verified; mean, sd over seeds) against training time. Time is CPU seconds of the one-thread run
 (its wall time on an idle core; the wall seconds are in the JSON too).
 
     .venv/bin/python benchmarks/grid_report.py [--name grid] [--merge a b ...]
@@ -24,13 +24,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, markdown  # noqa: E402
 
 KEYS = ("cpu_seconds", "wall_seconds", "deployed_weights", "clean_acc", "ibp_verified_acc",
-        "crown_verified_acc", "val_crown_verified_acc")
+        "crown_verified_acc", "verified_acc", "val_verified_acc")
 OURS, THEIRS = "verisparse-gradual-structured", "hydra-structured"
+
+
+def certified(r: dict, prefix: str = "") -> float:
+    """What ``vst verify --method crown`` certifies (IBP, then CROWN on what IBP
+    leaves) is at least the larger of the two counts; a run records both counts,
+    not the per-sample union, so this lower bound is the grid's "verified". It
+    matters on IBP-trained nets, where CROWN alone is looser than IBP."""
+    return max(r[f"{prefix}ibp_verified_acc"], r[f"{prefix}crown_verified_acc"])
 
 
 def summarize(results: list[dict]) -> list[dict]:
     """Mean and sd over seeds per (arch, density, method, schedule, budget)."""
     groups: dict[tuple, list[dict]] = {}
+    results = [{**r, "verified_acc": certified(r), "val_verified_acc": certified(r, "val_")}
+               for r in results]
     for r in results:
         groups.setdefault((r["arch"], r["density"], r["method"], r["schedule"], r["budget"]),
                           []).append(r)
@@ -64,13 +74,13 @@ def aims(summary: list[dict]) -> list[tuple]:
         ours = [s for s in cell if s["method"] == OURS]
         for h in (s for s in cell if s["method"] == THEIRS):
             fast = [s for s in ours if s["cpu_seconds"] <= h["cpu_seconds"] / 2]
-            best = max(fast, key=lambda s: s["crown_verified_acc"], default=None)
+            best = max(fast, key=lambda s: s["verified_acc"], default=None)
             if best is None:
                 rows.append((arch, density, _name(h), _point(h), "none in half the time", "-",
                              "no"))
                 continue
-            diff = best["crown_verified_acc"] - h["crown_verified_acc"]
-            sd = max(best["crown_verified_acc_sd"], h["crown_verified_acc_sd"])
+            diff = best["verified_acc"] - h["verified_acc"]
+            sd = max(best["verified_acc_sd"], h["verified_acc_sd"])
             if diff < 0:
                 verdict = "no"
             elif sd != sd:                      # one seed on a side: no spread to beat
@@ -84,20 +94,18 @@ def aims(summary: list[dict]) -> list[tuple]:
 
 def default_choice(summary: list[dict], arch="cnn_4layer", density=0.3) -> list[tuple]:
     """The default method's schedules on the default build's cell, ranked by mean
-    validation CROWN-verified accuracy (never the test split's). The pick: the
-    cheapest schedule whose validation mean is within one sd (the best's) of the
-    best, since 200 validation images per seed cannot tell closer apart."""
+    validation accuracy (never the test split's). The pick: the best validation
+    mean among the schedules that train no slower than the 2026-12 default
+    (CROWN-IBP, 1x), which is known to keep the build within its 180 s."""
     cands = [s for s in summary if (s["arch"], s["density"], s["method"])
              == (arch, density, OURS) and len(s["seeds"]) > 1]
-    if not cands:
+    old = [s for s in cands if (s["schedule"], s["budget"]) == ("crown-ibp", 1)]
+    if not old:
         return []
-    cands.sort(key=lambda s: -s["val_crown_verified_acc"])
-    best = cands[0]
-    near = [s for s in cands if s["val_crown_verified_acc"]
-            >= best["val_crown_verified_acc"] - best["val_crown_verified_acc_sd"]]
-    pick = min(near, key=lambda s: s["cpu_seconds"])
+    cands.sort(key=lambda s: -s["val_verified_acc"])
+    pick = next(s for s in cands if s["cpu_seconds"] <= old[0]["cpu_seconds"])
     return [(_name(s), len(s["seeds"]), f"{s['cpu_seconds']:.0f}",
-             _pct(s, "val_crown_verified_acc"), _pct(s, "crown_verified_acc"),
+             _pct(s, "val_verified_acc"), _pct(s, "verified_acc"),
              "picked" if s is pick else "") for s in cands]
 
 
@@ -107,10 +115,11 @@ def report(results: list[dict], plots: bool = True) -> str:
              len(s["seeds"]), f"{s['cpu_seconds']:.0f} ± {_sd(s['cpu_seconds_sd'])}",
              f"{s['wall_seconds']:.0f}", f"{s['deployed_weights']:.0f}", _pct(s, "clean_acc"),
              _pct(s, "ibp_verified_acc"), _pct(s, "crown_verified_acc"),
-             _pct(s, "val_crown_verified_acc")) for s in summary]
+             _pct(s, "verified_acc"), _pct(s, "val_verified_acc")) for s in summary]
     text = markdown(("model", "density", "method", "schedule", "budget", "seeds",
                      "CPU s (1 thread)", "wall s", "deployed weights", "clean",
-                     "IBP-verified", "CROWN-verified", "val CROWN-verified"), rows)
+                     "IBP-verified", "CROWN-verified", "verified (max)",
+                     "val verified (max)"), rows)
     text += "\n\nStructured VeriSparse against HYDRA-structured in at most half its time:\n\n"
     text += markdown(("model", "density", "HYDRA-structured", "its point",
                       "best VeriSparse-structured in <= half the time", "difference (points)",
@@ -118,8 +127,8 @@ def report(results: list[dict], plots: bool = True) -> str:
     choice = default_choice(summary)
     if choice:
         text += "\n\nThe default method's schedules on cnn_4layer 0.3, by validation:\n\n"
-        text += markdown(("schedule", "seeds", "CPU s", "val CROWN-verified",
-                          "test CROWN-verified", "default"), choice)
+        text += markdown(("schedule", "seeds", "CPU s", "val verified (max)",
+                          "test verified (max)", "default"), choice)
     if plots:
         text += "\n\nPlots: " + ", ".join(plot(summary)) + "\n"
     return text
@@ -140,15 +149,15 @@ def plot(summary: list[dict]) -> list[str]:
             pts = sorted((s for s in cell if (s["method"], s["schedule"]) == (method, schedule)),
                          key=lambda s: s["cpu_seconds"])
             ax.errorbar([p["cpu_seconds"] for p in pts],
-                        [100 * p["crown_verified_acc"] for p in pts],
+                        [100 * p["verified_acc"] for p in pts],
                         xerr=[_z(p["cpu_seconds_sd"]) for p in pts],
-                        yerr=[100 * _z(p["crown_verified_acc_sd"]) for p in pts],
+                        yerr=[100 * _z(p["verified_acc_sd"]) for p in pts],
                         marker="o" if schedule == "crown-ibp" else "s",
                         linestyle="-" if schedule == "crown-ibp" else "--", capsize=3,
                         color=colors[method], label=f"{method} ({schedule})")
         ax.set_xscale("log")
         ax.set_xlabel("training time (CPU s, one thread)")
-        ax.set_ylabel("CROWN-verified accuracy (%), eps 0.1")
+        ax.set_ylabel("verified accuracy (%), eps 0.1\n(max of IBP and CROWN)")
         ax.set_title(f"{arch}, density {density} (mean ± sd over seeds)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -165,7 +174,7 @@ def _name(s) -> str:
 
 
 def _point(s) -> str:
-    return f"{_pct(s, 'crown_verified_acc')} in {s['cpu_seconds']:.0f} s"
+    return f"{_pct(s, 'verified_acc')} in {s['cpu_seconds']:.0f} s"
 
 
 def _pct(s, key) -> str:

@@ -22,7 +22,8 @@ def _run(method, schedule, budget, seed, cpu, acc, val=None, arch="cnn_small", d
     return {"arch": arch, "density": density, "method": method, "schedule": schedule,
             "budget": budget, "seed": seed, "cpu_seconds": cpu, "wall_seconds": cpu,
             "deployed_weights": 100, "clean_acc": acc + 0.05, "ibp_verified_acc": acc,
-            "crown_verified_acc": acc, "val_crown_verified_acc": acc if val is None else val}
+            "crown_verified_acc": acc, "val_crown_verified_acc": acc if val is None else val,
+            "val_ibp_verified_acc": 0.0}
 
 
 def _three(method, schedule, budget, cpu, accs, **kw):
@@ -97,17 +98,19 @@ def test_default_schedule_is_ranked_by_validation_not_test():
     assert [r[-1] for r in ranked] == ["picked", ""]
 
 
-def test_default_pick_is_the_cheapest_within_one_sd_of_the_best():
+def test_default_pick_is_the_best_validation_no_slower_than_the_old_default():
     kw = {"arch": "cnn_4layer", "density": 0.3}
-    slow = [_run("verisparse-gradual-structured", "crown-ibp", 1, s, 200, 0.9, val=v, **kw)
-            for s, v in enumerate([0.88, 0.90, 0.92])]             # mean 0.90, sd 0.02
-    cheap = [_run("verisparse-gradual-structured", "ibp", 1, s, 50, 0.9, val=v, **kw)
-             for s, v in enumerate([0.88, 0.89, 0.90])]           # mean 0.89: within
-    worse = [_run("verisparse-gradual-structured", "ibp", 0.5, s, 25, 0.8, val=v, **kw)
-             for s, v in enumerate([0.85, 0.86, 0.87])]           # mean 0.86: not
-    ranked = grid_report.default_choice(grid_report.summarize(slow + cheap + worse))
-    assert {r[0]: r[-1] for r in ranked} == {"crown-ibp 1x": "", "ibp 1x": "picked",
-                                             "ibp 0.5x": ""}
+    old = [_run("verisparse-gradual-structured", "crown-ibp", 1, s, 200, 0.9, val=v, **kw)
+           for s, v in enumerate([0.88, 0.89, 0.90])]
+    slow = [_run("verisparse-gradual-structured", "crown-ibp", 2, s, 400, 0.9, val=0.95, **kw)
+            for s in range(3)]                                   # best, but too slow
+    fits = [_run("verisparse-gradual-structured", "ibp", 2, s, 110, 0.9, val=v, **kw)
+            for s, v in enumerate([0.90, 0.91, 0.92])]
+    cheap = [_run("verisparse-gradual-structured", "ibp", 1, s, 50, 0.9, val=0.88, **kw)
+             for s in range(3)]
+    ranked = grid_report.default_choice(grid_report.summarize(old + slow + fits + cheap))
+    assert {r[0]: r[-1] for r in ranked} == {"crown-ibp 2x": "", "ibp 2x": "picked",
+                                             "crown-ibp 1x": "", "ibp 1x": ""}
 
 
 def test_merge_keeps_the_first_run_of_a_grid_point():
@@ -116,3 +119,11 @@ def test_merge_keeps_the_first_run_of_a_grid_point():
             _run("dense", "ibp", 1, 1, 11.0, 0.7, density=1.0)]
     merged = grid_report.merge(first, more)
     assert [r["seed"] for r in merged] == [0, 1] and merged[0]["cpu_seconds"] == 10.0
+
+
+def test_verified_is_the_larger_of_ibp_and_crown_per_run():
+    r = _run("dense", "ibp", 1, 0, 10.0, 0.8, density=1.0)
+    r |= {"ibp_verified_acc": 0.89, "crown_verified_acc": 0.87,
+          "val_ibp_verified_acc": 0.80, "val_crown_verified_acc": 0.85}
+    (row,) = grid_report.summarize([r])
+    assert row["verified_acc"] == 0.89 and row["val_verified_acc"] == 0.85
