@@ -109,20 +109,25 @@ class SparsityConfig:
 class TrainConfig:
     # mnist5k has 4,000 images: small batches give enough steps to converge
     # in 30 epochs (a few CPU minutes for the default model).
-    epochs: int = _opt(30, lo=1, hi=100000)
+    # 60 epochs of IBP-only training: the best validation accuracy of the issue-27
+    # grid's schedules that train no slower than 30 epochs of CROWN-IBP
+    # (benchmarks/README.md, "The grid").
+    epochs: int = _opt(60, lo=1, hi=100000)
     batch_size: int = _opt(32, lo=1, hi=65536)
     # Adam. The papers use 5e-4 over ~100k steps; we have ~3k, so 1e-3.
     lr: float = _opt(1e-3, lo=0.0, hi=1.0, lo_open=True)
     # Training eps; larger than the test eps makes the certificate hold with margin.
     eps: float = _opt(0.15, lo=0.0, hi=MAX_EPS)
     # Natural-loss epochs before eps starts to grow.
-    warmup_epochs: int = _opt(2, lo=0, hi=100000)
+    warmup_epochs: int = _opt(4, lo=0, hi=100000)
     # Epochs over which eps ramps (exponential, then linear) to its final value.
-    ramp_epochs: int = _opt(15, lo=0, hi=100000)
+    ramp_epochs: int = _opt(30, lo=0, hi=100000)
     # Weight of the natural loss once the ramp ends (it starts at 1).
     kappa: float = _opt(0.0, lo=0.0, hi=1.0)
-    # Use CROWN-IBP (beta 1 -> 0 over the ramp); false trains on IBP only.
-    crown_ibp: bool = _opt(True)
+    # Use CROWN-IBP (beta 1 -> 0 over the ramp); false trains on IBP only (beta = 0:
+    # a third of the cost per step; on cnn_4layer 0.3 IBP-only at twice the epochs
+    # validates better than CROWN-IBP in about half its time, the grid).
+    crown_ibp: bool = _opt(False)
     # Gradient-norm clipping.
     grad_clip: float = _opt(10.0, lo=0.0, hi=1e6, lo_open=True)
     # Fractions of training after which the lr is multiplied by lr_decay_factor.
