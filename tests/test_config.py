@@ -50,10 +50,10 @@ def test_file_errors(tmp_path):
 def test_a_schedule_longer_than_the_epochs_is_scaled_and_said(caplog):
     """Lowering only `epochs` must not train a model that never reaches its eps."""
     with caplog.at_level("WARNING", logger="vst.config"):
-        cfg = config_from_dict({"train": {"epochs": 6}})        # warm-up 2 + ramp 15
+        cfg = config_from_dict({"train": {"epochs": 6}})        # warm-up 4 + ramp 30
     assert cfg.train.warmup_epochs + cfg.train.ramp_epochs <= 6 and cfg.train.ramp_epochs >= 1
     assert "never reach train.eps" in caplog.text and "scaled them to 0 + 6" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="vst.config"):
-        cfg = config_from_dict({"train": {"epochs": 20}})
-    assert (cfg.train.warmup_epochs, cfg.train.ramp_epochs) == (2, 15) and not caplog.text
+        cfg = config_from_dict({"train": {"epochs": 40}})
+    assert (cfg.train.warmup_epochs, cfg.train.ramp_epochs) == (4, 30) and not caplog.text

@@ -306,7 +306,7 @@ def _safe_schedule(cfg: Config) -> Config:
     epochs (say only ``epochs`` was lowered), both are scaled down in proportion
     so the ramp ends by the last epoch, with a warning that says so.
 
-    >>> c = config_from_dict({"train": {"epochs": 6}})    # warm-up 2 + ramp 15
+    >>> c = config_from_dict({"train": {"epochs": 6}})    # warm-up 4 + ramp 30
     >>> (c.train.warmup_epochs, c.train.ramp_epochs)
     (0, 6)
     """
