@@ -22,6 +22,29 @@ def tiny_mnist(path, n_train=320, n_test=80):
     return path
 
 
+def natural_model(root, net: L.Network, data, epochs: int, seed: int = 0):
+    """``net`` trained with plain cross-entropy (Adam 3e-3, batches of 16, seeded) on
+    ``data`` (the arrays of root/tiny.npz), saved as root/model.vst: a net that was
+    never certified, for the complete-verification tests. Returns (model, dataset)."""
+    from toolchain.data import load_dataset
+    from toolchain.models.modelfile import save_model
+
+    torch.manual_seed(seed)
+    module = build_torch(net)
+    opt = torch.optim.Adam(module.parameters(), 3e-3)
+    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"]).long()
+    for _ in range(epochs):
+        for i in range(0, len(x), 16):
+            loss = torch.nn.functional.cross_entropy(module(x[i:i + 16]), y[i:i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model = VstModel(net, {k: v.detach().clone() for k, v in module.state_dict().items()},
+                     record={"config": {"data": {"dataset": str(root / "tiny.npz")}}})
+    save_model(root / "model.vst", model)
+    return model, load_dataset(str(root / "tiny.npz"))
+
+
 def tiny_config(data_path, **sections):
     base = {
         "data": {"dataset": str(data_path)},

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import resum, tiny_mnist
+from helpers import natural_model, resum, tiny_mnist
 from test_complete import (boundary_eps, box, check_against_grid, grid_outputs, pruned_pair,
                            tiny_net)
 from toolchain.epsbox import eps_box
@@ -144,29 +144,14 @@ EPS = 0.05
 @pytest.fixture(scope="module")
 def mlp(tmp_path_factory):
     """A tiny MLP trained naturally on a slice of mnist5k: root/model.vst, root/tiny.npz."""
-    from toolchain.data import load_dataset
-    from toolchain.models.modelfile import VstModel, save_model
-    from toolchain.models.torch_build import build_torch
     from toolchain.models.zoo import mlp as zoo_mlp
 
     root = tmp_path_factory.mktemp("bab")
     tiny_mnist(root / "tiny.npz", n_test=12)
     data = np.load(root / "tiny.npz")
-    torch.manual_seed(0)
-    net = zoo_mlp((1, 28, 28), 10, widths=(24, 24))
-    module = build_torch(net)
-    opt = torch.optim.Adam(module.parameters(), 3e-3)
-    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"]).long()
-    for _ in range(10):
-        for i in range(0, len(x), 16):
-            loss = torch.nn.functional.cross_entropy(module(x[i:i + 16]), y[i:i + 16])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model = VstModel(net, {k: v.detach().clone() for k, v in module.state_dict().items()},
-                     record={"config": {"data": {"dataset": str(root / "tiny.npz")}}})
-    save_model(root / "model.vst", model)
-    return root, model, load_dataset(str(root / "tiny.npz"))
+    model, dataset = natural_model(root, zoo_mlp((1, 28, 28), 10, widths=(24, 24)), data,
+                                   epochs=10)
+    return root, model, dataset
 
 
 def test_certificate_replays_bab_proofs_and_rejects_forgeries(mlp, tmp_path):

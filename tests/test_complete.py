@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_line, tiny_mnist
+from helpers import assert_one_line, natural_model, tiny_mnist
 from toolchain.epsbox import eps_box
 from toolchain.errors import VstError
 from toolchain.verify.complete import classification_spec, decide
@@ -221,30 +221,15 @@ def small(tmp_path_factory):
     """A tiny cnn_small trained naturally (cross-entropy, seeded, about a second) on
     a slice of mnist5k, saved as root/model.vst: a net that was never certified.
     Its test split (root/tiny.npz) is 16 samples where every verdict occurs."""
-    from toolchain.data import load_dataset
-    from toolchain.models.modelfile import VstModel, save_model
-    from toolchain.models.torch_build import build_torch
     from toolchain.models.zoo import build_network
 
     root = tmp_path_factory.mktemp("complete")
     data = dict(np.load(tiny_mnist(root / "tiny.npz")))
     data["x_test"], data["y_test"] = data["x_test"][24:40], data["y_test"][24:40]
     np.savez(root / "tiny.npz", **data)
-    torch.manual_seed(0)
     net = build_network("cnn_small", (1, 28, 28), 10, channels=(4, 8), widths=(16,))
-    module = build_torch(net)
-    opt = torch.optim.Adam(module.parameters(), 3e-3)
-    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"]).long()
-    for _ in range(8):
-        for i in range(0, len(x), 16):
-            loss = torch.nn.functional.cross_entropy(module(x[i:i + 16]), y[i:i + 16])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model = VstModel(net, {k: v.detach().clone() for k, v in module.state_dict().items()},
-                     record={"config": {"data": {"dataset": str(root / "tiny.npz")}}})
-    save_model(root / "model.vst", model)
-    return root, model, load_dataset(str(root / "tiny.npz"))
+    model, dataset = natural_model(root, net, data, epochs=8)
+    return root, model, dataset
 
 
 @pytest.fixture(scope="module")
