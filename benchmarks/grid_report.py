@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown  # noqa: E402
+from common import RESULTS, markdown, write  # noqa: E402
 
 KEYS = ("cpu_seconds", "wall_seconds", "deployed_weights", "clean_acc", "ibp_verified_acc",
         "crown_verified_acc", "verified_acc", "val_verified_acc")
@@ -216,11 +216,7 @@ def main() -> None:
     for name in args.merge:
         more = json.loads((RESULTS / f"{name}.json").read_text())["results"]
         payload["results"] = merge(payload["results"], more)
-    if args.merge:
-        path.write_text(json.dumps(payload, indent=1) + "\n")
-    text = report(payload["results"])
-    (RESULTS / f"{args.name}.md").write_text(text + "\n")
-    print(text)
+    write(args.name, payload, report(payload["results"]))
 
 
 if __name__ == "__main__":
